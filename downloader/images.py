@@ -1,0 +1,141 @@
+"""Decode, validate, normalise and crop images with Pillow.
+
+Shared by the downloader (bytes from the network) and the embeddings and retrieval stages
+(files on disk), so that every stage sees the same RGB pixels for the same photo.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .metadata import BBox
+
+
+class ImageError(ValueError):
+    """Bytes or a file that are not a usable image; the message says why."""
+
+
+def decode(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
+    """Decode and fully load image bytes (first frame of animations).
+
+    Raises:
+        ImageError: empty body, not an image, truncated or oversized.
+    """
+    if not data:
+        raise ImageError("empty body")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"image too large ({image.width}x{image.height})")
+        image.load()
+    except UnidentifiedImageError:
+        head = data[:64].lstrip().lower()
+        kind = "not an image: an HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not an image"
+        raise ImageError(kind) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(f"truncated or corrupt image: {error}") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageError("image has no pixels")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode (palette, alpha, CMYK, grey, 16-bit) to RGB; transparency becomes white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda value: value * (1 / 256)).convert("L")
+    return image.convert("RGB")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation so that the pixels are as a person sees the photo."""
+    return ImageOps.exif_transpose(image)
+
+
+_ORIENTATION_TAG = 0x0112
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def clip_box(bbox: BBox, width: int, height: int) -> tuple[int, int, int, int]:
+    """Round a box to whole pixels and clip it to the image: ``(x0, y0, x1, y1)``, end exclusive.
+
+    Raises:
+        ImageError: the box has no overlap with the image.
+    """
+    x0 = max(0, math.floor(bbox.left))
+    y0 = max(0, math.floor(bbox.top))
+    x1 = min(width, math.ceil(bbox.left + bbox.width))
+    y1 = min(height, math.ceil(bbox.top + bbox.height))
+    if x1 <= x0 or y1 <= y0:
+        raise ImageError(
+            f"box (left {bbox.left}, top {bbox.top}, width {bbox.width}, height {bbox.height}) "
+            f"does not overlap the {width}x{height} image"
+        )
+    return x0, y0, x1, y1
+
+
+def crop(image: Image.Image, bbox: BBox) -> Image.Image:
+    """Cut ``bbox`` (in stored-pixel coordinates, clipped to the image) and return it upright, RGB."""
+    box = clip_box(bbox, image.width, image.height)
+    part = image.crop(box)
+    method = _ORIENTATION_TRANSPOSE.get(image.getexif().get(_ORIENTATION_TAG, 1))
+    if method is not None:
+        part = part.transpose(method)
+    return to_rgb(part)
+
+
+def whole(image: Image.Image) -> Image.Image:
+    """The whole photo, upright and RGB."""
+    return to_rgb(upright(image))
+
+
+def load(path: str | Path) -> Image.Image:
+    """Open an image file as upright RGB.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageError: the file is not a readable image.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return whole(decode(data))
+    except ImageError as error:
+        raise ImageError(f"{path}: {error}") from None
+
+
+def save_jpeg(image: Image.Image, path: str | Path, quality: int = 95) -> None:
+    """Write a JPEG atomically: a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="JPEG", quality=quality)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from downloader import BBox, ImageError
+from downloader import images
+from tests.conftest import encode, make_image
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty body"),
+    (b"<!DOCTYPE html><html><body>gone</body></html>", "an HTML page"),
+    (b"plain text, not an image", "not an image"),
+])
+def test_decode_rejects_non_images(data, reason):
+    with pytest.raises(ImageError, match=reason):
+        images.decode(data)
+
+
+def test_decode_rejects_truncated_jpeg():
+    data = encode(make_image(200, 150))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        images.decode(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "LA"])
+def test_any_mode_becomes_rgb(mode):
+    picture = make_image().convert(mode)
+    rgb = images.to_rgb(images.decode(encode(picture, "PNG" if mode != "CMYK" else "JPEG")))
+    assert rgb.mode == "RGB" and rgb.size == picture.size
+
+
+def test_transparent_pixels_become_white():
+    picture = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert images.to_rgb(picture).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_gif_first_frame():
+    frames = [Image.new("P", (8, 8), color) for color in (1, 2)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert images.to_rgb(images.decode(data)).size == (8, 8)
+
+
+def test_crop_equals_numpy_slice_and_clips_to_edges():
+    picture = make_image(40, 30)
+    pixels = np.asarray(picture)
+    assert np.array_equal(np.asarray(images.crop(picture, BBox(5, 7, 10, 6))), pixels[7:13, 5:15])
+    assert np.array_equal(np.asarray(images.crop(picture, BBox(30.4, 20, 50, 50))), pixels[20:30, 30:40])
+
+
+def test_box_without_overlap_is_an_error():
+    with pytest.raises(ImageError, match="does not overlap the 40x30 image"):
+        images.crop(make_image(40, 30), BBox(45, 0, 5, 5))
+
+
+def test_exif_rotated_crop_is_cut_in_stored_pixels_then_turned_upright():
+    picture = make_image(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored pixels must be turned 90 degrees clockwise to display
+    decoded = images.decode(encode(picture, "PNG", exif=exif.tobytes()))
+    part = images.crop(decoded, BBox(0, 0, 20, 10))
+    expected = np.rot90(np.asarray(picture)[0:10, 0:20], k=-1)
+    assert np.array_equal(np.asarray(part), expected)
+    assert images.whole(decoded).size == (30, 40)
+
+
+def test_save_jpeg_is_atomic_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "a" / "b.jpg"
+    images.save_jpeg(make_image(), target)
+    assert Image.open(target).size == (64, 48)
+    assert [p.name for p in target.parent.iterdir()] == ["b.jpg"]
