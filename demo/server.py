@@ -78,6 +78,7 @@ class LoopbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body, sent apart, wait on delayed ACKs (40 ms)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 route = server._answer(self.path.split("?")[0])
