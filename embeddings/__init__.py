@@ -1,0 +1,13 @@
+"""Image vectors: a pre-trained backbone (VGG19 fc2 by default), cached in HDF5; and a Siamese head over them."""
+
+from .backbones import BACKBONES, Backbone, WeightsUnavailableError, get_backbone
+from .builder import BuildConfig, BuildSummary, build
+from .cache import CacheError, CacheWriter, Vectors, read_attrs, read_vectors, write_vectors
+from .extractor import Extractor
+from .shards import in_shard, merge
+
+__all__ = [
+    "BACKBONES", "Backbone", "BuildConfig", "BuildSummary", "CacheError", "CacheWriter", "Extractor",
+    "Vectors", "WeightsUnavailableError", "build", "get_backbone", "in_shard", "merge", "read_attrs", "read_vectors",
+    "write_vectors",
+]

@@ -1,0 +1,107 @@
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embeddings import CacheError, CacheWriter, Vectors, merge, read_vectors, write_vectors
+from tests.embeddings.conftest import random_vectors
+
+ROOT = Path(__file__).resolve().parents[2]
+ATTRS = {"backbone": "vgg19", "layer": "fc2", "weights": "imagenet", "input_size": [224, 224], "dim": 6}
+
+
+def test_append_then_read_back(tmp_path):
+    path = tmp_path / "v.h5"
+    vectors = random_vectors(5, 6)
+    with CacheWriter(path, ATTRS) as writer:
+        assert writer.append(["a", "b", "c"], vectors[:3]) == 3
+        assert writer.append(["c", "d", "e"], vectors[2:5]) == 2  # "c" is not written twice
+    cache = read_vectors(path)
+    assert list(cache.ids) == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(cache.vectors, vectors)
+    assert cache.attrs["backbone"] == "vgg19" and "keras" in cache.attrs["versions"]
+
+
+def test_resume_skips_ids_already_written(tmp_path):
+    path = tmp_path / "v.h5"
+    with CacheWriter(path, ATTRS) as writer:
+        writer.append(["a"], random_vectors(1, 6))
+    with CacheWriter(path, ATTRS) as writer:
+        assert writer.ids == {"a"}
+        assert writer.append(["a", "b"], random_vectors(2, 6)) == 1
+    assert list(read_vectors(path).ids) == ["a", "b"]
+
+
+def test_other_backbone_or_weights_is_a_clear_error(tmp_path):
+    path = tmp_path / "v.h5"
+    with CacheWriter(path, ATTRS) as writer:
+        writer.append(["a"], random_vectors(1, 6))
+    with pytest.raises(CacheError, match=r"backbone: expected 'resnet50', found 'vgg19'"):
+        CacheWriter(path, dict(ATTRS, backbone="resnet50")).__enter__()
+    with pytest.raises(CacheError, match=r"weights: expected 'random:0', found 'imagenet'"):
+        read_vectors(path, expected=dict(ATTRS, weights="random:0"))
+
+
+def test_wrong_shape_is_refused(tmp_path):
+    with CacheWriter(tmp_path / "v.h5", ATTRS) as writer:
+        with pytest.raises(ValueError, match=r"expected vectors of shape \(2, 6\), got \(2, 5\)"):
+            writer.append(["a", "b"], random_vectors(2, 5))
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vector cache does not exist"):
+        read_vectors(tmp_path / "nope.h5")
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"not hdf5 at all")
+    with pytest.raises(CacheError, match="not a readable HDF5 vector cache"):
+        read_vectors(corrupt)
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    from embeddings import CacheWriter
+    attrs = {"backbone": "vgg19", "layer": "fc2", "weights": "imagenet", "input_size": [224, 224], "dim": 512}
+    with CacheWriter(sys.argv[1], attrs) as writer:
+        start = len(writer.ids)
+        for step in range(100000):
+            ids = [str(start + 16 * step + i) for i in range(16)]
+            writer.append(ids, np.full((16, 512), float(ids[0]), dtype=np.float32))
+            print(start + 16 * (step + 1), flush=True)
+""")
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_killed_writer_leaves_a_readable_cache_that_resumes(tmp_path, delay):
+    path = tmp_path / "v.h5"
+    for _ in range(2):
+        process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE)
+        process.stdout.readline()  # at least one batch written
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        cache = read_vectors(path)
+        assert len(cache.ids) >= 16 and len(cache.ids) % 16 == 0
+        assert list(cache.ids) == [str(i) for i in range(len(cache.ids))]
+        np.testing.assert_array_equal(cache.vectors[:, 0], (np.arange(len(cache.ids)) // 16 * 16).astype(np.float32))
+    before = len(read_vectors(path).ids)
+    with CacheWriter(path, dict(ATTRS, dim=512)) as writer:  # repairs and resumes
+        writer.append([str(before)], np.zeros((1, 512), np.float32))
+    assert len(read_vectors(path).ids) == before + 1
+
+
+def test_merge_checks_that_parts_agree(tmp_path):
+    a = Vectors(np.array(["x", "y"], dtype=object), random_vectors(2, 6, 1), ATTRS)
+    b = Vectors(np.array(["y", "z"], dtype=object), random_vectors(2, 6, 2), ATTRS)
+    write_vectors(tmp_path / "a.h5", a)
+    write_vectors(tmp_path / "b.h5", b)
+    merged = merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5")
+    assert list(read_vectors(tmp_path / "m.h5").ids) == ["x", "y", "z"]
+    np.testing.assert_array_equal(merged.vectors, np.concatenate([a.vectors, b.vectors[1:]]))
+    write_vectors(tmp_path / "c.h5", Vectors(b.ids, b.vectors, dict(ATTRS, weights="sha256:0123")))
+    with pytest.raises(CacheError, match=r"c.h5: built with other settings \(weights"):
+        merge([tmp_path / "a.h5", tmp_path / "c.h5"], tmp_path / "m2.h5")
