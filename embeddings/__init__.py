@@ -4,10 +4,15 @@ from .backbones import BACKBONES, Backbone, WeightsUnavailableError, get_backbon
 from .builder import BuildConfig, BuildSummary, build
 from .cache import CacheError, CacheWriter, Vectors, read_attrs, read_vectors, write_vectors
 from .extractor import Extractor
+from .head import Calibration, Head, HeadConfig, build_head, load_head
+from .losses import contrastive_loss, triplet_loss
+from .trainer import TrainConfig, TrainResult, train
 from .shards import in_shard, merge
 
 __all__ = [
-    "BACKBONES", "Backbone", "BuildConfig", "BuildSummary", "CacheError", "CacheWriter", "Extractor",
+    "BACKBONES", "Backbone", "BuildConfig", "BuildSummary", "CacheError", "CacheWriter", "Calibration", "Extractor",
+    "Head", "HeadConfig", "TrainConfig", "TrainResult", "build_head", "contrastive_loss", "load_head", "train",
+    "triplet_loss",
     "Vectors", "WeightsUnavailableError", "build", "get_backbone", "in_shard", "merge", "read_attrs", "read_vectors",
     "write_vectors",
 ]
