@@ -63,8 +63,11 @@ class Extractor:
 
     def describe(self) -> dict[str, object]:
         """What makes these vectors comparable: recorded in caches and indexes."""
-        return {"backbone": self.spec.name, "layer": self.spec.layer, "weights": self.weights_id,
-                "input_size": list(self.spec.input_size), "dim": self.dim}
+        described = {"backbone": self.spec.name, "layer": self.spec.layer, "weights": self.weights_id,
+                     "input_size": list(self.spec.input_size), "dim": self.dim}
+        if self.weights not in (None, "imagenet"):
+            described["weights_file"] = str(Path(self.weights).resolve())  # a hint for queries; not identity
+        return described
 
     def prepare(self, source: ImageSource, bbox: BBox | None = None) -> np.ndarray:
         """The network input for one image (the shared preprocessing)."""

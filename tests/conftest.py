@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embeddings import Backbone, Extractor
+
 
 def make_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     """A smooth, position-dependent RGB image, so that crops and rotations are easy to recognise."""
@@ -31,3 +33,30 @@ def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
 @pytest.fixture
 def rgb_image() -> Image.Image:
     return make_image()
+
+
+# A tiny stand-in backbone, so that most embedding tests run in well under a second a batch.
+def tiny_model(weights=None):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(8, activation="relu", name="features")(x)
+    outputs = keras.layers.Dense(3, name="predictions")(x)
+    model = keras.Model(inputs, outputs)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+TINY = Backbone("tiny", "", "vgg19.preprocess_input", "features", 8, input_size=(32, 32), factory=tiny_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_extractor() -> Extractor:
+    return Extractor(TINY, weights=None, batch_size=4, workers=2)
+
+
+def random_vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)

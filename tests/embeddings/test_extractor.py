@@ -53,7 +53,7 @@ def test_unknown_backbone_lists_the_known_ones():
 
 
 def test_random_weights_are_the_same_in_every_extractor(tiny_extractor):
-    from tests.embeddings.conftest import TINY
+    from tests.conftest import TINY
 
     again = Extractor(TINY, weights=None)
     picture = make_image(40, 40)

@@ -1,0 +1,9 @@
+"""Search shop photos for a street photo: an index of shop embeddings, exact fast ranking, evaluation."""
+
+from .engine import Match, SearchEngine
+from .evaluation import Report, evaluate
+from .index_store import IndexData, IndexFileError, build_index, load_index, save_index
+from .ranking import Ranker
+
+__all__ = ["IndexData", "IndexFileError", "Match", "Ranker", "Report", "SearchEngine", "build_index", "evaluate",
+           "load_index", "save_index"]

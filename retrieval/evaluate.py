@@ -1,0 +1,44 @@
+"""``python -m retrieval.evaluate``: the Street2Shop paper's top-k accuracy, raw vectors beside the head."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from embeddings.cache import CacheError
+
+from .evaluation import KS, evaluate, write_report
+from .index_store import IndexFileError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval.evaluate",
+        description="For each street crop of the split, is a shop photo of its product among the top k shop photos "
+                    "of its category? Per category and overall, raw backbone vectors beside the trained head. "
+                    "Prints a table; writes OUT/metrics.json and OUT/topk.png.")
+    parser.add_argument("--index", type=Path, required=True, help="the index (python -m retrieval.index)")
+    parser.add_argument("--vectors", type=Path, required=True, help="the vector cache of the street crops")
+    parser.add_argument("--manifest", type=Path, required=True, help="the downloader's manifest.jsonl")
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="which street crops (default: test)")
+    parser.add_argument("--ks", type=lambda t: tuple(int(v) for v in t.split(",")), default=KS,
+                        help="comma-separated k values (default: 1,5,10,20,50)")
+    parser.add_argument("--head", type=Path, help="the head folder, if it moved since the index was built")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="report folder (default: report)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        report = evaluate(args.index, args.vectors, args.manifest, args.split, args.ks, args.head)
+    except (FileNotFoundError, ValueError, CacheError, IndexFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.table())
+    metrics, plot = write_report(report, args.out)
+    print(f"wrote {metrics} and {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
