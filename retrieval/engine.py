@@ -152,7 +152,7 @@ class SearchEngine:
                         continue
                     seen.add(product)
                     matches.append(Match(len(matches) + 1, product, int(self.index.photos[row]),
-                                         str(self.index.paths[row]), str(self.index.categories[row]),
+                                         self.index.path(row), self.index.category(row),
                                          float(distance), float(score)))
                     if len(matches) == k:
                         break

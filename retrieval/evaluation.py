@@ -79,7 +79,7 @@ def evaluate(index_path: str | Path, vectors_path: str | Path, manifest: str | P
     if not queries:
         raise ValueError(f"{manifest}: no {split} street crop with a cached vector in the index's categories "
                          f"({', '.join(engine.slices)})")
-    raw_gallery = [rows.get(key) for key in index.ids]
+    raw_gallery = [rows.get(key) for key in index.id_list()]
     methods: dict[str, tuple[Ranker, np.ndarray]] = {}
     query_raw = vectors.vectors[[rows[r["path"]] for r in queries]]
     if all(row is not None for row in raw_gallery):

@@ -1,6 +1,9 @@
 """The index file: shop embeddings with their photo, product, category and image path, in one HDF5 file.
 
 Rows are sorted by category, so that a category is a contiguous slice that ranks without copying.
+Ids (the manifest's image paths) and categories are kept as fixed-width UTF-8 bytes, and an image's
+file is its root (one of a few, in the attributes) joined with its id: 400,000 rows of metadata then
+take a few MB instead of the hundreds that Python strings would.
 The attributes record the backbone, weights and head that made the embeddings, so that a query is
 embedded the same way; a mismatch is an error that says expected and actual.
 """
@@ -31,32 +34,46 @@ class IndexFileError(ValueError):
 
 @dataclass
 class IndexData:
-    """An index in memory. ``attrs`` holds ``backbone`` (the vector cache's identity), ``head`` (None for
-    raw vectors) and ``metric``."""
+    """An index in memory. ``ids`` and ``categories`` are bytes arrays; ``roots[i]`` picks the folder in
+    ``attrs["roots"]`` that ``ids[i]`` is relative to. ``attrs`` holds ``backbone`` (the vector cache's
+    identity), ``head`` (None for raw vectors) and ``metric``."""
 
     embeddings: np.ndarray
     ids: np.ndarray
     photos: np.ndarray
     products: np.ndarray
     categories: np.ndarray
-    paths: np.ndarray
+    roots: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def id(self, row: int) -> str:
+        return self.ids[row].decode()
+
+    def category(self, row: int) -> str:
+        return self.categories[row].decode()
+
+    def path(self, row: int) -> str:
+        return str(Path(self.attrs["roots"][int(self.roots[row])]) / self.id(row))
+
+    def id_list(self) -> list[str]:
+        return [key.decode() for key in self.ids]
+
     def sorted(self) -> "IndexData":
-        order = np.lexsort((self.photos, self.products, self.categories.astype(str)))
+        order = np.lexsort((self.photos, self.products, self.categories))
         return IndexData(self.embeddings[order], self.ids[order], self.photos[order], self.products[order],
-                         self.categories[order], self.paths[order], self.attrs)
+                         self.categories[order], self.roots[order], self.attrs)
 
     def category_slices(self) -> dict[str, tuple[int, int]]:
-        names, starts, counts = np.unique(self.categories.astype(str), return_index=True, return_counts=True)
-        return {str(name): (int(start), int(start + count)) for name, start, count in zip(names, starts, counts)}
+        names, starts, counts = np.unique(self.categories, return_index=True, return_counts=True)
+        return {name.decode(): (int(start), int(start + count)) for name, start, count in zip(names, starts, counts)}
 
 
-def _text(values: np.ndarray) -> np.ndarray:
-    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+def as_bytes(values: list[str]) -> np.ndarray:
+    """Fixed-width UTF-8 bytes (at least one byte wide, so that an empty list still has a dtype)."""
+    return np.array([v.encode() for v in values], dtype="S") if values else np.zeros(0, dtype="S1")
 
 
 def save_index(path: str | Path, index: IndexData) -> None:
@@ -64,18 +81,17 @@ def save_index(path: str | Path, index: IndexData) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.part")
-    text = h5py.string_dtype()
     try:
         with h5py.File(temp, "w") as handle:
             handle.attrs["format"] = FORMAT
             handle.attrs["meta"] = json.dumps(index.attrs, sort_keys=True)
             handle.create_dataset("embeddings", data=index.embeddings.astype(np.float32),
                                   chunks=(max(1, min(len(index), 4096)), index.embeddings.shape[1]) if len(index) else None)
-            handle["ids"] = index.ids.astype(text)
+            handle["ids"] = index.ids
             handle["photos"] = index.photos.astype(np.int64)
             handle["products"] = index.products.astype(np.int64)
-            handle["categories"] = index.categories.astype(text)
-            handle["paths"] = index.paths.astype(text)
+            handle["categories"] = index.categories
+            handle["roots"] = index.roots.astype(np.int16)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -98,8 +114,8 @@ def load_index(path: str | Path) -> IndexData:
                 raise IndexFileError(f"{path}: not an index of this project (no '{FORMAT}' format attribute)")
             return IndexData(
                 embeddings=handle["embeddings"][:].astype(np.float32, copy=False),
-                ids=_text(handle["ids"][:]), photos=handle["photos"][:], products=handle["products"][:],
-                categories=_text(handle["categories"][:]), paths=_text(handle["paths"][:]),
+                ids=handle["ids"][:], photos=handle["photos"][:], products=handle["products"][:],
+                categories=handle["categories"][:], roots=handle["roots"][:],
                 attrs=json.loads(handle.attrs["meta"]),
             )
     except (OSError, KeyError) as error:
@@ -136,15 +152,16 @@ def embed_shop(vectors_path: str | Path, manifest: str | Path, head: Any | None,
         "head": None if head is None else {"identity": head.identity, "path": str(Path(head.path).resolve()),
                                            "dim": head.dim},
         "metric": "euclidean" if head is not None else "cosine",
+        "roots": [str(root)],
         "versions": versions(),
     }
     return IndexData(
         embeddings=np.asarray(embeddings, np.float32),
-        ids=np.array([r["path"] for r in records], dtype=object),
+        ids=as_bytes([r["path"] for r in records]),
         photos=np.array([r["photo"] for r in records], dtype=np.int64),
         products=np.array([r["product"] for r in records], dtype=np.int64),
-        categories=np.array([r["category"] for r in records], dtype=object),
-        paths=np.array([str(root / r["path"]) for r in records], dtype=object),
+        categories=as_bytes([r["category"] for r in records]),
+        roots=np.zeros(len(records), dtype=np.int16),
         attrs=attrs,
     )
 
@@ -161,9 +178,18 @@ def same_maker(path: str | Path, index: IndexData, new: IndexData) -> None:
 
 
 def concatenate(index: IndexData, new: IndexData) -> IndexData:
-    merged = IndexData(*(np.concatenate([getattr(index, name), getattr(new, name)])
-                         for name in ("embeddings", "ids", "photos", "products", "categories", "paths")),
-                       attrs=index.attrs)
+    """Rows of both, sorted by category; ``new``'s image root joins the index's roots."""
+    roots = list(index.attrs["roots"])
+    if new.attrs["roots"][0] not in roots:
+        roots.append(new.attrs["roots"][0])
+    new_roots = np.full(len(new), roots.index(new.attrs["roots"][0]), dtype=np.int16)
+    width = max(index.ids.dtype.itemsize, new.ids.dtype.itemsize)
+    merged = IndexData(
+        np.concatenate([index.embeddings, new.embeddings]),
+        np.concatenate([index.ids.astype(f"S{width}"), new.ids.astype(f"S{width}")]),
+        np.concatenate([index.photos, new.photos]), np.concatenate([index.products, new.products]),
+        np.concatenate([index.categories.astype("S64"), new.categories.astype("S64")]).astype("S"),
+        np.concatenate([index.roots, new_roots]), dict(index.attrs, roots=roots))
     return merged.sorted()
 
 
@@ -183,7 +209,7 @@ def build_index(vectors: str | Path, manifest: str | Path, out: str | Path, head
             raise FileNotFoundError(f"{path}: {what} does not exist")
     loaded_head = load_head(head) if head is not None else None
     existing = load_index(out) if add and Path(out).exists() else None
-    new = embed_shop(vectors, manifest, loaded_head, categories, skip=set(existing.ids) if existing else None)
+    new = embed_shop(vectors, manifest, loaded_head, categories, skip=set(existing.id_list()) if existing else None)
     if existing is not None:
         same_maker(out, existing, new)
         index = concatenate(existing, new)

@@ -32,7 +32,7 @@ class Ranker:
     """
 
     def __init__(self, vectors: np.ndarray, metric: Metric = "euclidean", slack: int = 32,
-                 scratch_bytes: int = 48 * 1024 * 1024) -> None:
+                 scratch_bytes: int = 32 * 1024 * 1024) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -17,11 +17,11 @@ def test_raw_index_sorted_by_category_and_round_trips(dataset, tmp_path):
     index, added = build_index(cache, manifest, tmp_path / "index.h5")
     assert added == 6 and index.attrs["head"] is None and index.attrs["metric"] == "cosine"
     loaded = load_index(tmp_path / "index.h5")
-    assert list(loaded.categories) == ["bags"] * 3 + ["dresses"] * 3
+    assert [loaded.category(row) for row in range(6)] == ["bags"] * 3 + ["dresses"] * 3
     assert loaded.category_slices() == {"bags": (0, 3), "dresses": (3, 6)}
-    row = list(loaded.ids).index("shop/c1.jpg")
+    row = loaded.id_list().index("shop/c1.jpg")
     np.testing.assert_array_equal(loaded.embeddings[row], SHOP["shop/c1.jpg"][2])
-    assert loaded.paths[row].endswith("data/shop/c1.jpg") and loaded.products[row] == 3
+    assert loaded.path(row) == str(tmp_path / "data" / "shop" / "c1.jpg") and loaded.products[row] == 3
     assert loaded.attrs["backbone"]["backbone"] == "vgg19"
 
 
@@ -32,7 +32,7 @@ def test_add_appends_without_rebuilding(dataset, tmp_path):
     _, added = build_index(cache, manifest, tmp_path / "index.h5", add=True)
     assert added == 3
     merged = load_index(tmp_path / "index.h5")
-    assert sorted(merged.ids) == sorted(SHOP)
+    assert sorted(merged.id_list()) == sorted(SHOP)
     _, again = build_index(cache, manifest, tmp_path / "index.h5", add=True)
     assert again == 0 and len(load_index(tmp_path / "index.h5")) == 6
     np.testing.assert_array_equal(merged.embeddings[:3], first.embeddings)
