@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import time
+
 import keras
 import numpy as np
 
@@ -27,13 +29,18 @@ class SamplerDataset(keras.utils.PyDataset):
 
 
 class ValidationCallback(keras.callbacks.Callback):
-    """After each epoch, embed the validation vectors and add ``val_<metric>`` to the logs."""
+    """After each epoch, embed the validation vectors and add ``val_<metric>`` (and the epoch's ``seconds``) to the logs."""
 
     def __init__(self, head: Any, items: Any, measure: Callable[[np.ndarray], dict[str, float]]) -> None:
         super().__init__()
         self.head, self.items, self.measure = head, items, measure
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self._start  # training of this epoch, before validation
         embedded = self.head.predict(self.items.vectors, batch_size=4096, verbose=0)
         for key, value in self.measure(embedded).items():
             if logs is not None:

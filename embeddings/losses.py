@@ -80,14 +80,16 @@ def triplet_loss(margin: float = 0.2, mining: Mining = "semi-hard") -> Callable:
     def semi_hard(y_true, y_pred):
         d = pairwise_distances(y_pred)
         positive, negative = masks(y_true, ops.shape(y_pred)[0])
-        d_ap = ops.expand_dims(d, 2)  # [a, p, 1]
-        d_an = ops.expand_dims(d, 1)  # [a, 1, n]
-        negative3 = ops.expand_dims(negative, 1)
-        outside = negative3 * ops.cast(ops.greater(d_an, d_ap), "float32")  # negatives farther than p
         big = ops.max(d) + 1.0
-        nearest_outside = ops.min(d_an + big * (1.0 - outside), axis=2)  # [a, p]
+        # Each anchor's negative distances in ascending order (non-negatives pushed past the end); the
+        # nearest negative farther than d(a, p) sits at the count of negatives within d(a, p).
+        ordered = ops.sort(d + big * (1.0 - negative), axis=1)  # [a, n]
+        within = ops.sum(ops.cast(ops.logical_and(
+            ops.expand_dims(negative, 1) > 0, ops.expand_dims(d, 1) <= ops.expand_dims(d, 2)), "int32"), axis=2)
+        negatives = ops.cast(ops.sum(negative, axis=1, keepdims=True), "int32")  # [a, 1]
+        has_outside = ops.cast(within < negatives, "float32")  # [a, p]
+        nearest_outside = ops.take_along_axis(ordered, ops.maximum(ops.minimum(within, negatives - 1), 0), axis=1)
         farthest = ops.max(d * negative, axis=1, keepdims=True)  # [a, 1]
-        has_outside = ops.cast(ops.greater(ops.sum(outside, axis=2), 0.0), "float32")
         chosen = has_outside * nearest_outside + (1.0 - has_outside) * farthest
         losses = ops.maximum(d - chosen + margin, 0.0) * positive
         return ops.sum(losses) / ops.maximum(ops.sum(positive), 1.0)

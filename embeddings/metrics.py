@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from .head import Calibration
+
+
+def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All Euclidean distances between rows of ``a`` and ``b`` through one BLAS product (float32 in, float64
+    out): for the large validation sets of 4096-d raw vectors, where ``cdist`` is many times slower."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    squared = (np.einsum("ij,ij->i", a, a, dtype=np.float64)[:, None] - 2.0 * (a @ b.T)
+               + np.einsum("ij,ij->i", b, b, dtype=np.float64)[None, :])
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def first_hit_rank(distances: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
@@ -44,7 +52,7 @@ def retrieval_accuracy(queries: np.ndarray, query_labels: np.ndarray, gallery: n
                        gallery_groups: np.ndarray | None = None, exclude_self: bool = False,
                        ks: Sequence[int] = (1, 10)) -> dict[int, float]:
     """Top-k accuracy of ranking ``gallery`` by Euclidean distance for each query (small sets: one matrix)."""
-    distances = cdist(queries, gallery)
+    distances = euclidean_distances(queries, gallery)
     return topk_accuracy(first_hit_rank(distances, query_labels, gallery_labels, query_groups, gallery_groups,
                                         exclude_self), ks)
 

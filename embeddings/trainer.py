@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.spatial.distance import cdist
 
 from .cache import read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
 from .losses import MINING, contrastive_loss, triplet_loss
-from .metrics import first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
+from .metrics import euclidean_distances, first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
 from .training_data import ItemSet, PairSampler, TripletSampler, from_labels, from_manifest, split_validation
 
 logger = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def evaluate_embeddings(embedded: np.ndarray, items: ItemSet, pairs: tuple[np.nd
                         calibration: Calibration | None = None) -> tuple[dict[str, float], Calibration]:
     """Top-1/top-10 retrieval (street queries against shop gallery, within category) and pair accuracy."""
     queries, gallery = np.flatnonzero(items.query), np.flatnonzero(items.gallery)
-    distances = cdist(embedded[queries], embedded[gallery])
+    distances = euclidean_distances(embedded[queries], embedded[gallery])
     ranks = first_hit_rank(distances, items.labels[queries], items.labels[gallery], items.groups[queries],
                            items.groups[gallery], exclude_self=items.same_sides)
     accuracy = topk_accuracy(ranks, (1, 10))

@@ -56,6 +56,32 @@ def test_semi_hard_by_hand():
     assert value(triplet_loss(1.0, "semi-hard"), LABELS, POINTS) == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
 
 
+def semi_hard_reference(labels, points, margin):
+    """Straight from the definition, one (anchor, positive) pair at a time."""
+    from scipy.spatial.distance import cdist
+
+    d = cdist(points, points)
+    losses = []
+    for a in range(len(labels)):
+        negatives = d[a][labels != labels[a]]
+        for p in range(len(labels)):
+            if p == a or labels[p] != labels[a]:
+                continue
+            farther = negatives[negatives > d[a, p]]
+            chosen = farther.min() if len(farther) else negatives.max()
+            losses.append(max(d[a, p] - chosen + margin, 0.0))
+    return np.mean(losses)
+
+
+def test_semi_hard_equals_the_definition_on_random_batches():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        labels = rng.integers(0, 5, size=24)
+        points = rng.normal(size=(24, 6)).astype(np.float32)
+        got = value(triplet_loss(0.5, "semi-hard"), labels, points)
+        assert got == pytest.approx(semi_hard_reference(labels, points, 0.5), rel=1e-4)
+
+
 def test_unknown_mining_is_refused():
     with pytest.raises(ValueError, match="unknown mining 'hardest'"):
         triplet_loss(0.2, "hardest")
