@@ -101,7 +101,7 @@ def street_photo(items: list[Image.Image], rng: np.random.Generator) -> tuple[Im
         scale = rng.uniform(0.55, 0.85) * min(1.0, slot / item.width)
         resized = item.resize((max(8, int(item.width * scale)), max(8, int(item.height * scale))))
         light = rng.uniform(0.7, 1.2)
-        rgb = Image.eval(resized.convert("RGB"), lambda v: int(min(255, v * light)))
+        rgb = Image.eval(resized.convert("RGB"), lambda v, light=light: int(min(255, v * light)))
         rgb.putalpha(resized.getchannel("A"))
         left = index * slot + int(rng.integers(0, max(1, slot - resized.width)))
         top = int(rng.integers(0, size - resized.height))

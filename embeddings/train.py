@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"validation          top-1   top-10  pair accuracy")
+    print("validation          top-1   top-10  pair accuracy")
     for name, figures in (("raw vectors", result.raw), ("trained head", result.head)):
         print(f"{name:18s} {figures['top1']:6.3f}  {figures['top10']:6.3f}  {figures['pair_accuracy']:6.3f}")
     print(f"best epoch {result.best_epoch} of {result.epochs_run}; head written to {result.out}")

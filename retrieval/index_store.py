@@ -136,8 +136,9 @@ def embed_shop(vectors_path: str | Path, manifest: str | Path, head: Any | None,
     """Index rows for the manifest's shop photos that have a cached vector (minus ``skip`` ids)."""
     vectors = read_vectors(vectors_path)
     rows = {key: row for row, key in enumerate(vectors.ids)}
-    records = [r for r in shop_records(manifest, categories) if r["path"] in rows and r["path"] not in (skip or ())]
-    missing = sum(1 for r in shop_records(manifest, categories) if r["path"] not in rows)
+    listed = shop_records(manifest, categories)
+    records = [r for r in listed if r["path"] in rows and r["path"] not in (skip or ())]
+    missing = sum(1 for r in listed if r["path"] not in rows)
     if missing:
         logger.warning("%d shop photos of the manifest have no cached vector and are left out", missing)
     raw = vectors.vectors[[rows[r["path"]] for r in records]] if records else np.zeros((0, vectors.vectors.shape[1]),

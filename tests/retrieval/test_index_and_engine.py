@@ -9,7 +9,7 @@ from embeddings import Vectors, write_vectors
 from retrieval import IndexFileError, SearchEngine, build_index, load_index
 from retrieval.evaluation import evaluate
 from tests.conftest import make_image
-from tests.retrieval.conftest import ATTRS, SHOP, STREET, write_dataset
+from tests.retrieval.conftest import ATTRS, SHOP, write_dataset
 
 
 def test_raw_index_sorted_by_category_and_round_trips(dataset, tmp_path):
