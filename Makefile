@@ -24,6 +24,7 @@ bench: setup
 	$(PY) benchmarks/download.py
 	$(PY) benchmarks/query.py
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache
