@@ -107,6 +107,13 @@ class Head:
         return np.concatenate([np.asarray(self.model.predict_on_batch(vectors[i:i + batch_size]), np.float32)
                                for i in range(0, len(vectors), batch_size)])
 
+    def compare(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Is each pair of backbone vectors the same item? ``(distance, score in [0, 1], same)``, where
+        ``same`` is ``distance <= threshold`` as chosen on validation."""
+        left, right = np.atleast_2d(left), np.atleast_2d(right)
+        distance = np.linalg.norm(self.embed(left) - self.embed(right), axis=1).astype(np.float64)
+        return distance, self.calibration.score(distance), distance <= self.calibration.threshold
+
 
 def load_head(folder: str | Path) -> Head:
     """Load ``folder/model.keras`` and ``folder/config.json``.

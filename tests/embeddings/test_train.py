@@ -59,6 +59,14 @@ def test_outputs_and_loading(tmp_path):
     head = load_head(folder)
     embedded = head.embed(vectors[:5])
     np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, rtol=1e-5)
+    same_class = np.flatnonzero(labels == labels[0])[1]
+    other_class = np.flatnonzero(labels != labels[0])[0]
+    distance, score, same = head.compare(vectors[[0, 0]], vectors[[same_class, other_class]])
+    np.testing.assert_allclose(distance, np.linalg.norm(head.embed(vectors[[0, 0]])
+                                                        - head.embed(vectors[[same_class, other_class]]), axis=1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(score, head.calibration.score(distance))
+    assert list(same) == list(distance <= config["calibration"]["threshold"])
     with pytest.raises(ValueError, match="head expects vectors of dimension 32"):
         head.embed(vectors[:5, :10])
 
