@@ -184,12 +184,11 @@ def concatenate(index: IndexData, new: IndexData) -> IndexData:
     if new.attrs["roots"][0] not in roots:
         roots.append(new.attrs["roots"][0])
     new_roots = np.full(len(new), roots.index(new.attrs["roots"][0]), dtype=np.int16)
-    width = max(index.ids.dtype.itemsize, new.ids.dtype.itemsize)
-    merged = IndexData(
+    merged = IndexData(  # concatenating bytes arrays widens to the longer of the two: nothing is cut
         np.concatenate([index.embeddings, new.embeddings]),
-        np.concatenate([index.ids.astype(f"S{width}"), new.ids.astype(f"S{width}")]),
+        np.concatenate([index.ids, new.ids]),
         np.concatenate([index.photos, new.photos]), np.concatenate([index.products, new.products]),
-        np.concatenate([index.categories.astype("S64"), new.categories.astype("S64")]).astype("S"),
+        np.concatenate([index.categories, new.categories]),
         np.concatenate([index.roots, new_roots]), dict(index.attrs, roots=roots))
     return merged.sorted()
 

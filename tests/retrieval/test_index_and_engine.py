@@ -38,6 +38,17 @@ def test_add_appends_without_rebuilding(dataset, tmp_path):
     np.testing.assert_array_equal(merged.embeddings[:3], first.embeddings)
 
 
+def test_add_keeps_longer_ids_and_categories_whole(dataset, tmp_path):
+    cache, manifest = dataset
+    build_index(cache, manifest, tmp_path / "index.h5")
+    category, path = "x" * 80, "shop/" + "long" * 30 + ".jpg"
+    other = write_dataset(tmp_path / "other", {path: (9, category, [1, 1, 1, 1])}, {})
+    build_index(other[0], other[1], tmp_path / "index.h5", add=True)
+    index = load_index(tmp_path / "index.h5")
+    row = index.id_list().index(path)
+    assert index.category(row) == category and index.path(row) == str(tmp_path / "other" / path)
+
+
 def test_add_with_other_weights_is_refused(dataset, tmp_path):
     cache, manifest = dataset
     build_index(cache, manifest, tmp_path / "index.h5")
