@@ -39,9 +39,13 @@ class Vectors:
     attrs: dict[str, Any]
     labels: np.ndarray | None = None
 
+    def positions(self) -> dict[str, int]:
+        """Row number of every id."""
+        return {key: row for row, key in enumerate(self.ids)}
+
     def rows(self, ids: Iterable[str]) -> np.ndarray:
         """Row numbers of ``ids`` (KeyError naming the first missing one)."""
-        position = {key: row for row, key in enumerate(self.ids)}
+        position = self.positions()
         return np.array([position[key] for key in ids], dtype=np.int64)
 
 

@@ -46,7 +46,7 @@ class ItemSet:
 def from_manifest(vectors: Vectors, manifest: str | Path, split: str = "train") -> ItemSet:
     """Street crops of ``split`` and the shop photos of their products that have vectors; products
     without both a street crop and a shop photo are left out."""
-    rows = {key: row for row, key in enumerate(vectors.ids)}
+    rows = vectors.positions()
     street, shop = [], []
     for record in read_jsonl(manifest):
         if record["path"] not in rows:

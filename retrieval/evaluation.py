@@ -73,7 +73,7 @@ def evaluate(index_path: str | Path, vectors_path: str | Path, manifest: str | P
     index: IndexData = engine.index
     vectors = read_vectors(vectors_path)
     check_identity(vectors_path, vectors.attrs, {k: v for k, v in index.attrs["backbone"].items() if k != "weights_file"})
-    rows = {key: row for row, key in enumerate(vectors.ids)}
+    rows = vectors.positions()
     queries = [r for r in read_jsonl(manifest) if r["kind"] == "street" and r["split"] == split
                and r["path"] in rows and r["category"] in engine.slices]
     if not queries:

@@ -135,7 +135,7 @@ def embed_shop(vectors_path: str | Path, manifest: str | Path, head: Any | None,
                categories: list[str] | None = None, skip: set[str] | None = None) -> IndexData:
     """Index rows for the manifest's shop photos that have a cached vector (minus ``skip`` ids)."""
     vectors = read_vectors(vectors_path)
-    rows = {key: row for row, key in enumerate(vectors.ids)}
+    rows = vectors.positions()
     listed = shop_records(manifest, categories)
     records = [r for r in listed if r["path"] in rows and r["path"] not in (skip or ())]
     missing = sum(1 for r in listed if r["path"] not in rows)
