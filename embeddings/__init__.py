@@ -1,13 +1,13 @@
 """Image vectors: a pre-trained backbone (VGG19 fc2 by default), cached in HDF5; and a Siamese head over them."""
 
-from .backbones import BACKBONES, Backbone, WeightsUnavailableError, get_backbone
-from .builder import BuildConfig, BuildSummary, build
-from .cache import CacheError, CacheWriter, Vectors, read_attrs, read_vectors, write_vectors
-from .extractor import Extractor
-from .head import Calibration, Head, HeadConfig, build_head, load_head
-from .losses import contrastive_loss, triplet_loss
-from .trainer import TrainConfig, TrainResult, train
-from .shards import in_shard, merge
+from .extraction.backbones import BACKBONES, Backbone, WeightsUnavailableError, get_backbone
+from .extraction.pipeline import BuildConfig, BuildSummary, build
+from .extraction.cache import CacheError, CacheWriter, Vectors, read_attrs, read_vectors, write_vectors
+from .extraction.extractor import Extractor
+from .learning.head import Calibration, Head, HeadConfig, build_head, load_head
+from .learning.losses import contrastive_loss, triplet_loss
+from .learning.fit import TrainConfig, TrainResult, train
+from .extraction.shards import in_shard, merge
 
 __all__ = [
     "BACKBONES", "Backbone", "BuildConfig", "BuildSummary", "CacheError", "CacheWriter", "Calibration", "Extractor",

@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .backbones import BACKBONES, WeightsUnavailableError
-from .builder import BuildConfig, build
-from .cache import CacheError
+from .extraction.backbones import BACKBONES, WeightsUnavailableError
+from .extraction.pipeline import BuildConfig, build
+from .extraction.cache import CacheError
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .shards import merge
+from .extraction.shards import merge
 
 
 def main(argv: list[str] | None = None) -> int:

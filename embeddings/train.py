@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .cache import CacheError
-from .head import HeadConfig
-from .losses import MINING
-from .trainer import TrainConfig, train
+from .extraction.cache import CacheError
+from .learning.head import HeadConfig
+from .learning.losses import MINING
+from .learning.fit import TrainConfig, train
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -10,9 +10,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from downloader.metadata import BBox
-from embeddings.preprocess import ImageSource
+from embeddings.extraction.preprocess import ImageSource
 
-from .index_store import IndexData, IndexFileError, load_index
+from .store import IndexData, IndexFileError, load_index
 from .ranking import Ranker
 
 
@@ -76,7 +76,7 @@ class SearchEngine:
         Raises:
             FileNotFoundError, IndexFileError: a missing, corrupt or empty index, or another head.
         """
-        from embeddings.head import load_head
+        from embeddings.learning.head import load_head
 
         index = load_index(path)
         recorded = index.attrs.get("head")
@@ -97,11 +97,11 @@ class SearchEngine:
     def extractor(self) -> Any:
         with self._lock:
             if self._extractor is None:
-                from embeddings.extractor import Extractor
+                from embeddings.extraction.extractor import Extractor
 
                 backbone = self.index.attrs["backbone"]
                 self._extractor = Extractor(backbone["backbone"], _weights_for(backbone, self._weights))
-                from embeddings.cache import check_identity
+                from embeddings.extraction.cache import check_identity
 
                 check_identity("the query extractor", self._extractor.describe(),
                                {k: v for k, v in backbone.items() if k != "weights_file"})
@@ -162,6 +162,20 @@ class SearchEngine:
             pending = np.array(unfinished, dtype=np.int64)
             depth = min(stop - start, depth * 4)
         return results
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[Match]]:
+        """Top ``k`` products for backbone vectors (before the head), one product once, for each row.
+
+        Raises:
+            ValueError: vectors of another dimension than the index's backbone.
+            IndexFileError: an unknown category.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        dim = self.index.attrs["backbone"].get("dim")
+        if dim is not None and vectors.shape[1] != dim:
+            raise ValueError(f"expected backbone vectors of dimension {dim}, got {vectors.shape[1]}")
+        self._range(category)
+        return self.search_embeddings(self.embed_vectors(vectors), k, category)
 
     def search(self, image: ImageSource, k: int = 10, category: str | None = None,
                bbox: BBox | None = None) -> list[Match]:

@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from embeddings.cache import CacheError
+from embeddings.extraction.cache import CacheError
 
-from .evaluation import KS, evaluate, write_report
-from .index_store import IndexFileError
+from .topk import KS, evaluate, write_report
+from .store import IndexFileError
 
 
 def main(argv: list[str] | None = None) -> int:

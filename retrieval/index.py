@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from embeddings.cache import CacheError
+from embeddings.extraction.cache import CacheError
 
-from .index_store import IndexFileError, build_index
+from .store import IndexFileError, build_index
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from downloader.images import ImageError
 from downloader.metadata import BBox
-from embeddings.backbones import WeightsUnavailableError
-from embeddings.cache import CacheError
-from embeddings.preprocess import to_pil
+from embeddings.extraction.backbones import WeightsUnavailableError
+from embeddings.extraction.cache import CacheError
+from embeddings.extraction.preprocess import to_pil
 
 from .engine import SearchEngine
-from .index_store import IndexFileError
+from .store import IndexFileError
 
 EXIT_INPUT, EXIT_INDEX = 2, 3
 

@@ -7,7 +7,7 @@ from scipy.spatial.distance import cdist
 from downloader import BBox, ImageError
 from embeddings import Vectors, write_vectors
 from retrieval import IndexFileError, SearchEngine, build_index, load_index
-from retrieval.evaluation import evaluate
+from retrieval.topk import evaluate
 from tests.conftest import make_image
 from tests.retrieval.conftest import ATTRS, SHOP, write_dataset
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from downloader.records import read_jsonl
 
-from .cache import Vectors
+from ..extraction.cache import Vectors
 
 
 @dataclass

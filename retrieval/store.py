@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from downloader.records import read_jsonl
-from embeddings.cache import check_identity, read_vectors, versions
+from embeddings.extraction.cache import check_identity, read_vectors, versions
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def build_index(vectors: str | Path, manifest: str | Path, out: str | Path, head
     Raises:
         FileNotFoundError, IndexFileError, CacheError, ValueError: named inputs.
     """
-    from embeddings.head import load_head
+    from embeddings.learning.head import load_head
 
     for path, what in ((vectors, "vector cache"), (manifest, "manifest")):
         if not Path(path).is_file():

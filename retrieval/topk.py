@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from downloader.records import read_jsonl
-from embeddings.cache import check_identity, read_vectors
-from embeddings.metrics import topk_accuracy
+from embeddings.extraction.cache import check_identity, read_vectors
+from embeddings.learning.metrics import topk_accuracy
 
 from .engine import SearchEngine
-from .index_store import IndexData
+from .store import IndexData
 from .ranking import Ranker
 
 KS: tuple[int, ...] = (1, 5, 10, 20, 50)

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .cache import read_vectors
+from ..extraction.cache import read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
 from .losses import MINING, contrastive_loss, triplet_loss
 from .metrics import euclidean_distances, first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
-from .training_data import ItemSet, PairSampler, TripletSampler, from_labels, from_manifest, split_validation
+from .samplers import ItemSet, PairSampler, TripletSampler, from_labels, from_manifest, split_validation
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     import keras
 
-    from .batches import SamplerDataset, ValidationCallback
+    from .feed import SamplerDataset, ValidationCallback
     from .plots import plot_training
 
     items, vectors_identity = load_items(config)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from embeddings.losses import contrastive_loss, pairwise_distances, triplet_loss
+from embeddings.learning.losses import contrastive_loss, pairwise_distances, triplet_loss
 
 
 def value(loss, y_true, y_pred) -> float:

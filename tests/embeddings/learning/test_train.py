@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from embeddings import HeadConfig, TrainConfig, Vectors, load_head, train, write_vectors
-from embeddings.metrics import first_hit_rank, fit_calibration, topk_accuracy
-from embeddings.training_data import from_labels, split_validation
+from embeddings.learning.metrics import first_hit_rank, fit_calibration, topk_accuracy
+from embeddings.learning.samplers import from_labels, split_validation
 
 ATTRS = {"backbone": "vgg19", "layer": "fc2", "weights": "random:0", "input_size": [224, 224]}
 

@@ -1,0 +1,113 @@
+"""Write a file so that readers see the old file or the whole new one, never a part, even after a power loss.
+
+The new content goes to a temporary name unique to this process and thread, is flushed to disk
+(``fsync``), renamed over the target, and the folder's entry is flushed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename is durable only once its folder is); a no-op where unsupported."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's content to disk."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to (by any library); on success it is
+    flushed and renamed over ``path``; on any error it is removed and ``path`` is left as it was.
+
+    Works for files and folders (a folder's files are flushed one by one; an existing folder at
+    ``path`` is replaced as a whole: moved aside, then removed).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_name(path)
+    try:
+        yield temp
+        if temp.is_dir():
+            for item in temp.rglob("*"):
+                if item.is_file():
+                    fsync_file(item)
+            _replace_dir(temp, path)
+        else:
+            fsync_file(temp)
+            os.replace(temp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        _remove(temp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file to write ``path``'s new content; flushed and renamed over ``path`` on success."""
+    binary = "b" in mode
+    with atomic_path(path) as temp:
+        with open(temp, mode, encoding=None if binary else encoding) as stream:
+            yield stream
+            stream.flush()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _replace_dir(temp: Path, path: Path) -> None:
+    """Put the folder ``temp`` at ``path``: a rename where nothing is there, else an atomic swap (where the
+    system has one; elsewhere two renames) and the old folder removed."""
+    if not path.exists():
+        os.replace(temp, path)
+        return
+    if _exchange(temp, path):
+        _remove(temp)  # now holds the old content
+        return
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    os.replace(path, old)
+    os.replace(temp, path)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

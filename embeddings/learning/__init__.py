@@ -1,0 +1,1 @@
+"""Learning: the Siamese head over cached vectors (losses, samplers, training loop, metrics, plots)."""
