@@ -49,7 +49,7 @@ def naive(extractor: Extractor, paths: list[Path], out: Path) -> None:
     import h5py
     import keras
 
-    from embeddings.backbones import preprocess_function
+    from embeddings.extraction.backbones import preprocess_function
 
     preprocess = preprocess_function(extractor.spec)
     vectors = []

@@ -22,7 +22,7 @@ from scipy.spatial.distance import cdist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retrieval import IndexData, SearchEngine, load_index, save_index  # noqa: E402
-from retrieval.index_store import as_bytes  # noqa: E402
+from retrieval.store import as_bytes  # noqa: E402
 
 
 def best_of(function, repeat: int = 5) -> float:

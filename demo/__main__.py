@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from embeddings import BuildConfig, HeadConfig, TrainConfig, build, train
     from retrieval import SearchEngine, build_index
-    from retrieval.evaluation import evaluate, write_report
+    from retrieval.topk import evaluate, write_report
     from retrieval.sheet import contact_sheet
 
     banner(f"extract: {args.backbone} vectors of every image")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     for match in matches:
         mark = "  <- the right product" if match.product == street["product"] else ""
         print(f"{match.rank:>4}  {match.product:>8}  {match.distance:8.4f}  {match.score:5.2f}  {match.path}{mark}")
-    from embeddings.preprocess import to_pil
+    from embeddings.extraction.preprocess import to_pil
 
     contact_sheet(to_pil(photo, bbox), matches, out / "sheet.png")
     print(f"contact sheet: {out / 'sheet.png'}")
