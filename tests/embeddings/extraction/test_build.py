@@ -9,7 +9,7 @@ import pytest
 from embeddings import BuildConfig, build, in_shard, merge, read_vectors
 from tests.conftest import make_image
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def write_manifest(tmp_path: Path, count: int, broken: int = 0) -> Path:

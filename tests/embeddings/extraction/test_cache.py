@@ -11,7 +11,7 @@ import pytest
 from embeddings import CacheError, CacheWriter, Vectors, merge, read_vectors, write_vectors
 from tests.conftest import random_vectors
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ATTRS = {"backbone": "vgg19", "layer": "fc2", "weights": "imagenet", "input_size": [224, 224], "dim": 6}
 
 
