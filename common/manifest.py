@@ -1,0 +1,139 @@
+"""Read the downloader's ``manifest.jsonl`` without trusting it: every line is checked before any stage uses it.
+
+A line must be a JSON object with ``path`` (relative, inside the manifest's folder), ``kind``
+(``street`` or ``shop``), integer ``photo`` and ``product``, a ``category``, and for street crops a
+``split``. A bad line is skipped and reported with its file and line number (``strict`` makes the
+first one fatal). Only a torn last line, left by a killed writer, is skipped quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("street", "shop")
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, or (with ``strict``) has a bad line; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One saved image: ``path`` is relative to the manifest's folder (POSIX separators, no ``..``)."""
+
+    path: str
+    kind: Literal["street", "shop"]
+    photo: int
+    product: int
+    category: str
+    split: str | None = None
+    bbox: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "photo": self.photo, "product": self.product,
+                "category": self.category, "split": self.split, "bbox": self.bbox}
+
+
+@dataclass
+class Manifest:
+    """The good entries of a manifest, in file order, and the problems found (``file:line: why``)."""
+
+    path: Path
+    entries: list[ManifestEntry]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        """The folder the entries' paths are relative to."""
+        return self.path.parent
+
+    def file(self, entry: ManifestEntry) -> Path:
+        """Where ``entry``'s image is on disk."""
+        return self.root / entry.path
+
+
+def _safe_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("'path' must be a non-empty string")
+    if "\\" in value or "\x00" in value:
+        raise ValueError(f"'path' {value!r} has a backslash or NUL")
+    if value.startswith("/") or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"'path' {value!r} is absolute; it must be relative to the manifest's folder")
+    normal = posixpath.normpath(value)
+    if normal == ".." or normal.startswith("../") or normal == ".":
+        raise ValueError(f"'path' {value!r} leaves the manifest's folder")
+    return normal
+
+
+def _int(record: dict[str, Any], key: str) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key!r} must be an integer, got {value!r}")
+    return value
+
+
+def parse_entry(record: Any) -> ManifestEntry:
+    """Check one decoded line. Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    kind = record.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"'kind' must be 'street' or 'shop', got {kind!r}")
+    category = record.get("category")
+    if not isinstance(category, str) or not category:
+        raise ValueError(f"'category' must be a non-empty string, got {category!r}")
+    split = record.get("split")
+    if kind == "street" and not isinstance(split, str):
+        raise ValueError(f"a street crop needs a 'split' (train or test), got {split!r}")
+    bbox = record.get("bbox")
+    if bbox is not None and not isinstance(bbox, dict):
+        raise ValueError(f"'bbox' must be an object or null, got {bbox!r}")
+    return ManifestEntry(_safe_path(record.get("path")), kind, _int(record, "photo"), _int(record, "product"),
+                         category, split if isinstance(split, str) else None, bbox)
+
+
+def read_manifest(path: str | Path, strict: bool = False) -> Manifest:
+    """Read and check a manifest; bad lines are skipped and logged (or fatal with ``strict``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ManifestError: with ``strict``, the first bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest does not exist")
+    manifest = Manifest(path, [])
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n"):
+                logger.warning("%s line %d: torn last line (a killed run?): skipped", path, number)
+                continue
+            _problem(manifest, number, "not JSON", strict)
+            continue
+        try:
+            manifest.entries.append(parse_entry(record))
+        except ValueError as error:
+            _problem(manifest, number, str(error), strict)
+    if manifest.problems:
+        logger.warning("%s: %d bad lines skipped (first: %s)", path, len(manifest.problems), manifest.problems[0])
+    return manifest
+
+
+def _problem(manifest: Manifest, number: int, why: str, strict: bool) -> None:
+    message = f"{manifest.path}:{number}: {why}"
+    if strict:
+        raise ManifestError(message)
+    manifest.problems.append(message)
