@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -21,27 +22,49 @@ class ImageError(ValueError):
     """Bytes or a file that are not a usable image; the message says why."""
 
 
-def decode(data: bytes, max_pixels: int = 100_000_000) -> Image.Image:
-    """Decode and fully load image bytes (first frame of animations).
+# The one image-size policy of every stage (downloader, build, query): Pillow's own warning threshold,
+# enforced as an error. An RGB image at the limit takes about 270 MB once decoded.
+MAX_PIXELS = 89_478_485
+
+
+def _too_large(pixels: str, max_pixels: int) -> ImageError:
+    return ImageError(f"image too large: {pixels} pixels, over the limit of {max_pixels:,} "
+                      f"(a decompression bomb?)")
+
+
+def check_size(image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels (before decoding any)."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _too_large(f"{width}x{height} = {width * height:,}", max_pixels)
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode and fully load image bytes (first frame of animations), refusing more than ``max_pixels``.
 
     Raises:
-        ImageError: empty body, not an image, truncated or oversized.
+        ImageError: empty body, not an image, truncated, corrupt or oversized (never any other
+            Pillow error: the bytes are untrusted).
     """
     if not data:
         raise ImageError("empty body")
     try:
         image = Image.open(io.BytesIO(data))
-        if image.width * image.height > max_pixels:
-            raise ImageError(f"image too large ({image.width}x{image.height})")
+        check_size(image, max_pixels)
         image.load()
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         kind = "not an image: an HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not an image"
         raise ImageError(kind) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, ImageError):
-            raise
-        raise ImageError(f"truncated or corrupt image: {error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(f"{int(found.group(1)):,}" if found else "too many", max_pixels) from None
+    except MemoryError:
+        raise ImageError("image too large to decode: out of memory") from None
+    except Exception as error:  # noqa: BLE001 (Pillow raises OSError, SyntaxError, ValueError, struct.error...)
+        raise ImageError(f"truncated or corrupt image: {type(error).__name__}: {error}"[:300]) from None
     if image.width == 0 or image.height == 0:
         raise ImageError("image has no pixels")
     return image

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -5,6 +7,7 @@ from PIL import Image
 from downloader import BBox, ImageError
 from downloader import images
 from tests.conftest import encode, make_image
+from tests.downloader.bombs import bomb_png
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -69,3 +72,34 @@ def test_save_jpeg_is_atomic_and_leaves_no_temporary(tmp_path):
     images.save_jpeg(make_image(), target)
     assert Image.open(target).size == (64, 48)
     assert [p.name for p in target.parent.iterdir()] == ["b.jpg"]
+
+
+@pytest.mark.parametrize("width, height", [
+    (40_000, 40_000),  # Pillow raises DecompressionBombError (over twice its limit)
+    (10_000, 9_000),  # Pillow only warns (between its limit and twice it)
+    (images.MAX_PIXELS + 1, 1),  # just over the policy
+])
+def test_decode_refuses_decompression_bombs_with_a_reason(width, height):
+    with pytest.raises(ImageError, match=r"image too large: [0-9x =,]+ pixels, over the limit of 89,478,485"):
+        images.decode(bomb_png(width, height))
+
+
+def test_decode_refuses_bombs_when_warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # `python -W error`: Pillow's warning becomes an exception
+        with pytest.raises(ImageError, match="image too large"):
+            images.decode(bomb_png(10_000, 9_000))
+
+
+def test_load_names_the_file_of_a_bomb(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png())
+    with pytest.raises(ImageError, match=r"bomb\.png: image too large"):
+        images.load(path)
+
+
+def test_decode_turns_any_pillow_failure_into_an_image_error():
+    png = bytearray(encode(make_image(), "PNG"))
+    png[16:24] = b"\x00" * 8  # IHDR width and height zero: Pillow raises SyntaxError / ValueError
+    with pytest.raises(ImageError):
+        images.decode(bytes(png))
