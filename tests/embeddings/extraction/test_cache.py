@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embeddings import CacheError, CacheWriter, Vectors, merge, read_vectors, write_vectors
+from embeddings.extraction.cache import iter_chunks, read_ids, read_rows
 from tests.conftest import random_vectors
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -94,6 +95,51 @@ def test_killed_writer_leaves_a_readable_cache_that_resumes(tmp_path, delay):
     assert len(read_vectors(path).ids) == before + 1
 
 
+SLOW_WRITER = textwrap.dedent("""
+    import sys, time, numpy as np
+    from common import LockHeld
+    from embeddings import CacheWriter
+    path, prefix, batches, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "wait"
+    attrs = {"backbone": "vgg19", "layer": "fc2", "weights": "imagenet", "input_size": [224, 224], "dim": 6}
+    try:
+        with CacheWriter(path, attrs, **({"wait": True} if wait else {})) as writer:
+            for step in range(batches):
+                writer.append([f"{prefix}{step}-{i}" for i in range(4)], np.full((4, 6), step, np.float32))
+                print(step, flush=True)
+                time.sleep(0.02)
+    except LockHeld as error:
+        print(error, file=sys.stderr)
+        sys.exit(3)
+""")
+
+
+def _writer(path, prefix, batches, wait=False):
+    return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(path), prefix, str(batches),
+                             "wait" if wait else "fail"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_second_writer_never_loses_the_first_writers_rows(tmp_path, wait):
+    """Regression: a second build on the same cache "repaired" (replaced) the file the first was still
+    writing; both exited 0 and the first build's later rows were gone."""
+    path = tmp_path / "v.h5"
+    first = _writer(path, "a", 40)
+    first.stdout.readline()  # the first writer holds the file and has written a batch
+    second = _writer(path, "b", 5, wait=wait)
+    codes = {name: process.wait(timeout=120) for name, process in (("a", first), ("b", second))}
+    errors = second.stderr.read()
+    ids = set(read_vectors(path).ids)
+    for name, batches in (("a", 40), ("b", 5)):
+        if codes[name] == 0:
+            assert {f"{name}{step}-{i}" for step in range(batches) for i in range(4)} <= ids, f"writer {name} lost rows"
+    assert codes["a"] == 0
+    if wait:
+        assert codes["b"] == 0 and len(ids) == 4 * 45
+    else:
+        assert codes["b"] == 3 and "another run is writing it: pid" in errors and len(ids) == 4 * 40
+
+
 def test_merge_checks_that_parts_agree(tmp_path):
     a = Vectors(np.array(["x", "y"], dtype=object), random_vectors(2, 6, 1), ATTRS)
     b = Vectors(np.array(["y", "z"], dtype=object), random_vectors(2, 6, 2), ATTRS)
@@ -105,3 +151,38 @@ def test_merge_checks_that_parts_agree(tmp_path):
     write_vectors(tmp_path / "c.h5", Vectors(b.ids, b.vectors, dict(ATTRS, weights="sha256:0123")))
     with pytest.raises(CacheError, match=r"c.h5: built with other settings \(weights"):
         merge([tmp_path / "a.h5", tmp_path / "c.h5"], tmp_path / "m2.h5")
+
+
+def _labelled_cache(path, count=50, dim=6):
+    vectors = random_vectors(count, dim, 3)
+    ids = np.array([f"id{i}" for i in range(count)], dtype=object)
+    labels = np.array([f"class{i % 3}" for i in range(count)], dtype=object)
+    write_vectors(path, Vectors(ids, vectors, dict(ATTRS, dim=dim), labels))
+    return ids, vectors, labels
+
+
+def test_iter_chunks_streams_every_row_in_order(tmp_path):
+    ids, vectors, _ = _labelled_cache(tmp_path / "v.h5")
+    chunks = list(iter_chunks(tmp_path / "v.h5", chunk_rows=16))
+    assert [len(chunk_ids) for chunk_ids, _ in chunks] == [16, 16, 16, 2]
+    assert list(np.concatenate([c[0] for c in chunks])) == list(ids)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), vectors)
+    assert list(read_ids(tmp_path / "v.h5")) == list(ids)
+
+
+def test_read_rows_by_number_or_id_in_the_order_asked(tmp_path):
+    ids, vectors, labels = _labelled_cache(tmp_path / "v.h5")
+    rows = [47, 3, 3, 20, 0, 35]
+    for chunk_rows in (None, 4):
+        by_row = read_rows(tmp_path / "v.h5", rows, chunk_rows=chunk_rows)
+        np.testing.assert_array_equal(by_row.vectors, vectors[rows])
+        assert list(by_row.ids) == list(ids[rows]) and list(by_row.labels) == list(labels[rows])
+    by_id = read_rows(tmp_path / "v.h5", [f"id{r}" for r in rows], expected=ATTRS | {"dim": 6})
+    np.testing.assert_array_equal(by_id.vectors, vectors[rows])
+    assert read_rows(tmp_path / "v.h5", []).vectors.shape == (0, 6)
+    with pytest.raises(CacheError, match=r"2 of the ids asked for are not in the cache \(first: 'nope'\)"):
+        read_rows(tmp_path / "v.h5", ["id1", "nope", "nix"])
+    with pytest.raises(CacheError, match=r"row 50 out of range \(the cache has 50 rows\)"):
+        read_rows(tmp_path / "v.h5", [1, 50])
+    with pytest.raises(CacheError, match="backbone: expected 'resnet50'"):
+        read_rows(tmp_path / "v.h5", [1], expected={"backbone": "resnet50"})
