@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embeddings import CacheError, CacheWriter, Vectors, merge, read_vectors, write_vectors
+from embeddings import CacheError, CacheWriter, Vectors, merge, read_attrs, read_vectors, write_vectors
 from embeddings.extraction.cache import iter_chunks, read_ids, read_rows
 from tests.conftest import random_vectors
 
@@ -186,3 +186,55 @@ def test_read_rows_by_number_or_id_in_the_order_asked(tmp_path):
         read_rows(tmp_path / "v.h5", [1, 50])
     with pytest.raises(CacheError, match="backbone: expected 'resnet50'"):
         read_rows(tmp_path / "v.h5", [1], expected={"backbone": "resnet50"})
+
+
+def test_precision_and_decode_are_part_of_the_identity(tmp_path):
+    path = tmp_path / "v.h5"
+    write_vectors(path, Vectors(np.array(["a"], dtype=object), random_vectors(1, 6), ATTRS))  # an older file
+    # an older file reads as float32 and exact decoding
+    read_vectors(path, expected=dict(ATTRS, precision="float32", decode="exact"))
+    with CacheWriter(path, dict(ATTRS, precision="float32", decode="exact")) as writer:
+        writer.append(["b"], random_vectors(1, 6))
+    with pytest.raises(CacheError, match=r"precision: expected 'bfloat16', found 'float32'"):
+        CacheWriter(path, dict(ATTRS, precision="bfloat16", decode="exact")).__enter__()
+    with pytest.raises(CacheError, match=r"decode: expected 'fast', found 'exact'"):
+        CacheWriter(path, dict(ATTRS, decode="fast")).__enter__()
+    mixed = tmp_path / "bf16.h5"
+    with CacheWriter(mixed, dict(ATTRS, precision="bfloat16", decode="fast")) as writer:
+        writer.append(["a"], random_vectors(1, 6))
+    with pytest.raises(CacheError, match=r"precision: expected 'float32', found 'bfloat16'; decode: expected 'exact'"):
+        read_vectors(mixed, expected=ATTRS)  # a description without them means float32, exact
+    with pytest.raises(CacheError, match="precision"):
+        merge([path, mixed], tmp_path / "m.h5")
+    assert list(read_vectors(path).ids) == ["a", "b"]
+
+
+def _peak_mib(function) -> float:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_resume_and_repair_do_not_load_the_vectors(tmp_path, monkeypatch):
+    path = tmp_path / "v.h5"
+    attrs = dict(ATTRS, dim=4096)
+    with CacheWriter(path, attrs) as writer:  # 2,000 x 4096 float32: 31 MiB of vectors
+        for start in range(0, 2000, 250):
+            writer.append([str(i) for i in range(start, start + 250)], np.ones((250, 4096), np.float32))
+
+    def resume():
+        with CacheWriter(path, attrs) as writer:
+            assert len(writer.ids) == 2000
+
+    assert _peak_mib(resume) < 6
+    import embeddings.extraction.cache as cache
+
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 1 << 20)
+    assert _peak_mib(lambda: cache._repair(path, read_attrs(path))) < 6
+    assert len(read_ids(path)) == 2000
+    np.testing.assert_array_equal(read_rows(path, [1999]).vectors, np.ones((1, 4096), np.float32))
