@@ -154,6 +154,37 @@ def _chunks(handle: h5py.File, chunk_rows: int | None) -> Iterator[tuple[np.ndar
                _decode(handle["labels"][start:end]) if labelled else None)
 
 
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a cache holds, read without its rows: attributes, complete rows, dimension, whether labelled."""
+
+    attrs: dict[str, Any]
+    rows: int
+    dim: int
+    labelled: bool
+
+
+def read_info(path: str | Path, expected: dict[str, Any] | None = None) -> CacheInfo:
+    """Attributes, row count, dimension and labels flag of a cache.
+
+    Raises:
+        FileNotFoundError, CacheError.
+    """
+    path = Path(path)
+    with _open(path) as handle:
+        attrs = _checked(handle, path, expected)
+        return CacheInfo(attrs, _count(handle), int(handle["vectors"].shape[1]), "labels" in handle)
+
+
+def iter_labelled_chunks(path: str | Path, chunk_rows: int | None = None, expected: dict[str, Any] | None = None
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """As ``iter_chunks``, with each chunk's labels (None for a cache without labels)."""
+    path = Path(path)
+    with _open(path) as handle:
+        _checked(handle, path, expected)
+        yield from _chunks(handle, chunk_rows)
+
+
 def iter_chunks(path: str | Path, chunk_rows: int | None = None,
                 expected: dict[str, Any] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(ids, vectors)`` of consecutive rows, ``chunk_rows`` at a time (default: about 64 MB of

@@ -52,7 +52,8 @@ def test_shards_partition_the_ids_and_merge_back(tiny_extractor, tmp_path):
         parts.append(part)
     sizes = [len(read_vectors(p).ids) for p in parts]
     assert sum(sizes) == 12 and all(0 < s < 12 for s in sizes)
-    merged = merge(parts, tmp_path / "all.h5")
+    assert merge(parts, tmp_path / "all.h5").rows == 12
+    merged = read_vectors(tmp_path / "all.h5")
     whole = build(BuildConfig(out=tmp_path / "whole.h5", manifest=manifest), tiny_extractor)
     assert whole.computed == 12
     reference = read_vectors(tmp_path / "whole.h5")
