@@ -1,8 +1,9 @@
-"""Street2Shop downloader: read the metadata, fetch the photos, crop street photos to their boxes."""
+"""Street2Shop downloader: read the metadata, fetch the photos (URLs, a mirror folder or archive), crop street photos to their boxes."""
 
+from .archives import ArchiveError
 from .download import DownloadConfig, DownloadSummary, download
 from .fetch import FetchConfig
-from .images import ImageError
+from .images import MAX_PIXELS, ImageError
 from .metadata import (
     CATEGORIES,
     SPLITS,
@@ -15,10 +16,10 @@ from .metadata import (
     read_metadata,
     read_photos,
 )
-from .records import read_jsonl
+from .records import RecordError, read_jsonl
 
 __all__ = [
-    "CATEGORIES", "SPLITS", "BBox", "DownloadConfig", "DownloadSummary", "FetchConfig", "ImageError",
-    "Metadata", "MetadataError", "MetadataProblem", "ShopPhoto", "StreetPair", "download",
-    "read_jsonl", "read_metadata", "read_photos",
+    "CATEGORIES", "MAX_PIXELS", "SPLITS", "ArchiveError", "BBox", "DownloadConfig", "DownloadSummary",
+    "FetchConfig", "ImageError", "Metadata", "MetadataError", "MetadataProblem", "RecordError", "ShopPhoto",
+    "StreetPair", "download", "read_jsonl", "read_metadata", "read_photos",
 ]

@@ -1,9 +1,9 @@
 """Download Street2Shop photos concurrently, crop street photos to their boxes, and record the outcome.
 
-Layout of ``out`` (paths in the records are relative to it):
-``street/<photo>_<product>_<k>.jpg`` (k numbers the boxes of a photo and product in metadata order),
-``shop/<photo>.jpg``, ``manifest.jsonl`` (one line per saved image), ``failures.jsonl`` (one line per
-failure) and ``metadata_problems.jsonl`` (bad metadata entries that were skipped).
+Layout of ``out`` (paths in the records are relative to it): the images (see ``plan``),
+``manifest.jsonl`` (one line per saved image), ``failures.jsonl`` (one line per failure) and
+``metadata_problems.jsonl`` (bad metadata entries that were skipped). One run writes ``out`` at a
+time (``common.WriterLock``).
 """
 
 from __future__ import annotations
@@ -11,17 +11,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, defaultdict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tqdm import tqdm
 
+from common import WriterLock, read_manifest
+
 from . import images
-from .fetch import Cancelled, FetchConfig, FetchError, Fetcher
-from .metadata import CATEGORIES, SPLITS, ShopPhoto, StreetPair, read_metadata, read_photos
+from .archives import ArchiveSource
+from .fetch import FetchConfig, Fetcher
+from .hosts import HostQueues
+from .metadata import CATEGORIES, SPLITS, read_metadata, read_photos
+from .plan import PhotoJob, failure, plan_jobs
 from .records import RecordFile, write_jsonl
+from .scheduler import Interrupts, run_jobs
+from .sources import ChainSource, FolderSource, Source, UrlSource
+from .worker import Outcome, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -32,30 +39,55 @@ PROBLEMS = "metadata_problems.jsonl"
 
 @dataclass
 class DownloadConfig:
-    """Settings of one download run; validated by ``validate``."""
+    """Settings of one download run; validated by ``validate``.
+
+    Photos come from ``photos`` (``photos.txt`` URLs, optionally moved to ``mirror``), ``photos_dir``
+    or ``photos_archive``; with a local source and ``photos`` too, photos missing locally are fetched
+    from their URL.
+    """
 
     meta: Path
-    photos: Path
-    out: Path
+    photos: Path | None = None
+    out: Path | None = None
+    photos_dir: Path | None = None
+    photos_archive: Path | None = None
+    mirror: str | None = None
     categories: tuple[str, ...] = CATEGORIES
     splits: tuple[str, ...] = SPLITS
     workers: int = 16
+    per_host: int = 4
+    max_wait: float = 300.0
     fetch: FetchConfig = field(default_factory=FetchConfig)
     retry_failed: bool = False
     strict: bool = False
     shop: bool = True
     progress: bool = False
+    wait: bool = False
 
     def validate(self) -> None:
-        self.meta, self.photos, self.out = Path(self.meta), Path(self.photos), Path(self.out)
-        if not self.photos.is_file():
+        if self.out is None:
+            raise ValueError("an output folder is needed (--out)")
+        self.meta, self.out = Path(self.meta), Path(self.out)
+        if self.photos is None and self.photos_dir is None and self.photos_archive is None:
+            raise ValueError("say where the photos are: --photos, --photos-dir or --photos-archive")
+        if self.photos_dir is not None and self.photos_archive is not None:
+            raise ValueError("--photos-dir and --photos-archive exclude each other: pick one")
+        if self.photos is not None and not Path(self.photos).is_file():
             raise FileNotFoundError(f"{self.photos}: photos file does not exist")
+        if self.photos_dir is not None and not Path(self.photos_dir).is_dir():
+            raise FileNotFoundError(f"{self.photos_dir}: photos folder does not exist")
+        if self.mirror is not None and not self.mirror.startswith(("http://", "https://", "file://")):
+            raise ValueError(f"--mirror must be an http://, https:// or file:// URL, got {self.mirror!r}")
+        if self.mirror is not None and self.photos is None:
+            raise ValueError("--mirror rewrites the URLs of --photos: give --photos too")
         if not self.meta.exists():
             raise FileNotFoundError(f"{self.meta}: metadata folder does not exist")
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
-        if self.fetch.timeout <= 0 or self.fetch.retries < 0:
-            raise ValueError(f"timeout must be > 0 and retries >= 0, got {self.fetch.timeout}, {self.fetch.retries}")
+        for name in ("workers", "per_host"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0, got {self.max_wait}")
+        self.fetch.validate()
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise ValueError(f"unknown splits {bad}; expected some of {list(SPLITS)}")
@@ -65,33 +97,17 @@ class DownloadConfig:
 
 
 @dataclass
-class Output:
-    """One image a photo yields: where it goes, its manifest record, and the box to cut (None: whole)."""
-
-    path: str
-    record: dict[str, Any]
-    bbox: Any = None
-
-
-@dataclass
-class PhotoJob:
-    """A photo fetched once for all the images it yields."""
-
-    photo: int
-    url: str
-    outputs: list[Output]
-
-
-@dataclass
 class DownloadSummary:
-    """What a run did; ``failed`` counts failures by reason."""
+    """What a run did; ``failed`` counts failures by reason, ``failed_hosts`` by host."""
 
     photos: int = 0
     saved: int = 0
     present: int = 0
     skipped_failed: int = 0
     failed: Counter = field(default_factory=Counter)
+    failed_hosts: Counter = field(default_factory=Counter)
     metadata_problems: int = 0
+    record_problems: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     def lines(self) -> list[str]:
@@ -101,156 +117,135 @@ class DownloadSummary:
         ]
         if self.failed:
             lines.append("failed by reason: " + ", ".join(f"{r}: {n}" for r, n in self.failed.most_common()))
+            lines.append("failed by host: " + ", ".join(f"{h}: {n}" for h, n in self.failed_hosts.most_common(10)))
         if self.metadata_problems:
             lines.append(f"metadata problems skipped: {self.metadata_problems} (see {PROBLEMS})")
+        if self.record_problems:
+            lines.append(f"bad lines skipped in the records: {len(self.record_problems)} "
+                         f"(first: {self.record_problems[0]})")
         if self.interrupted:
             lines.append("interrupted: finished work is kept; run the same command again to resume")
         return lines
-
-
-def street_path(pair: StreetPair) -> str:
-    return f"street/{pair.photo}_{pair.product}_{pair.index}.jpg"
-
-
-def shop_path(photo: int) -> str:
-    return f"shop/{photo}.jpg"
-
-
-def plan_jobs(pairs: Iterable[StreetPair], shop: Iterable[ShopPhoto], urls: dict[int, str]) -> list[PhotoJob]:
-    """Group the images by photo so that each photo is fetched once."""
-    outputs: dict[int, list[Output]] = defaultdict(list)
-    for pair in pairs:
-        record = {"path": street_path(pair), "kind": "street", "photo": pair.photo, "product": pair.product,
-                  "category": pair.category, "split": pair.split, "bbox": pair.bbox.to_dict()}
-        outputs[pair.photo].append(Output(record["path"], record, pair.bbox))
-    for item in shop:
-        record = {"path": shop_path(item.photo), "kind": "shop", "photo": item.photo, "product": item.product,
-                  "category": item.category, "split": item.split, "bbox": None}
-        outputs[item.photo].append(Output(record["path"], record))
-    return [PhotoJob(photo, urls[photo], outs) for photo, outs in outputs.items()]
-
-
-def _failure(job: PhotoJob, reason: str, output: Output | None = None) -> dict[str, Any]:
-    record = {"photo": job.photo, "url": job.url, "reason": reason, "path": None}
-    if output is not None:
-        record.update(path=output.path, product=output.record["product"])
-    return record
 
 
 def _failure_key(record: dict[str, Any]) -> tuple[int, str | None]:
     return record["photo"], record.get("path")
 
 
-class _Worker:
-    """Fetch, validate, crop and save the images of one photo; never raises for a bad photo."""
-
-    def __init__(self, out: Path, fetcher: Fetcher) -> None:
-        self.out = out
-        self.fetcher = fetcher
-
-    def __call__(self, job: PhotoJob) -> tuple[list[Output], list[dict[str, Any]]]:
-        todo = [o for o in job.outputs if not (self.out / o.path).exists()]
-        try:
-            image = images.decode(self.fetcher.get(job.url))
-        except FetchError as error:
-            return [], [_failure(job, str(error))]
-        except images.ImageError as error:
-            return [], [_failure(job, str(error))]
-        saved, failures = [], []
-        for output in todo:
-            try:
-                picture = images.whole(image) if output.bbox is None else images.crop(image, output.bbox)
-                images.save_jpeg(picture, self.out / output.path)
-                saved.append(output)
-            except images.ImageError as error:
-                failures.append(_failure(job, f"bad box: {error}", output))
-        return saved, failures
-
-
 def download(config: DownloadConfig) -> DownloadSummary:
     """Run a download; resumable: what is on disk is skipped, and earlier failures unless ``retry_failed``.
 
     Raises:
-        FileNotFoundError, ValueError: bad configuration.
+        FileNotFoundError, ValueError: bad configuration (``ArchiveError`` for a bad archive).
         MetadataError: unreadable metadata, or a bad entry with ``strict``.
+        common.LockHeld: another run is writing ``out`` (and not ``wait``).
     """
     config.validate()
-    urls = read_photos(config.photos)
-    meta = read_metadata(config.meta, config.categories, config.splits, set(urls), config.strict, config.shop)
+    with WriterLock(config.out, wait=config.wait):
+        return _download(config)
+
+
+def _open_records(out: Path, summary: DownloadSummary) -> tuple[RecordFile, RecordFile]:
+    """The manifest (checked by ``common.read_manifest``, only whole images kept) and the failures."""
+    entries = []
+    if (out / MANIFEST).exists():
+        checked = read_manifest(out / MANIFEST)
+        summary.record_problems += checked.problems
+        entries = [entry.to_dict() for entry in checked.entries]
+    manifest = RecordFile(out / MANIFEST, key=lambda r: r["path"], records=entries)
+    manifest.keep(lambda r: images.is_complete_jpeg(out / r["path"]))
+    failures = RecordFile(out / FAILURES, key=_failure_key)
+    summary.record_problems += failures.problems
+    for problem in summary.record_problems[:5]:
+        logger.warning("bad record line skipped: %s", problem)
+    return manifest, failures
+
+
+def _select(jobs: list[PhotoJob], out: Path, manifest: RecordFile, failed_before: dict[int, list],
+            retry_failed: bool, summary: DownloadSummary) -> list[PhotoJob]:
+    """The jobs with an image still to make; complete photos go (back) into the manifest."""
+    todo = []
+    for job in jobs:
+        job.todo = [o for o in job.outputs if not images.is_complete_jpeg(out / o.path)]
+        if not job.todo:
+            summary.present += 1
+            for output in job.outputs:
+                if output.path not in manifest:
+                    manifest.add(output.record)
+        elif job.photo in failed_before and not retry_failed:
+            summary.skipped_failed += 1
+        else:
+            todo.append(job)
+    return todo
+
+
+def _open_source(config: DownloadConfig, urls: dict[int, str], fetcher: Fetcher) -> Source:
+    """The local mirror (folder or archive) if any, then the URLs of ``photos.txt`` if given."""
+    sources: list[Source] = []
+    if config.photos_dir is not None:
+        sources.append(FolderSource(config.photos_dir, config.fetch.max_bytes))
+    if config.photos_archive is not None:
+        sources.append(ArchiveSource(config.photos_archive, config.fetch.max_bytes))
+    if config.photos is not None:
+        sources.append(UrlSource(urls, fetcher, config.mirror))
+    return sources[0] if len(sources) == 1 else ChainSource(sources)
+
+
+def _download(config: DownloadConfig) -> DownloadSummary:
+    urls = read_photos(config.photos) if config.photos is not None else {}
+    local = config.photos_dir is not None or config.photos_archive is not None
+    meta = read_metadata(config.meta, config.categories, config.splits, None if local else set(urls),
+                         config.strict, config.shop)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / PROBLEMS, [{"file": p.file, "entry": p.entry, "photo": p.photo, "problem": p.message}
                                  for p in meta.problems])
     for problem in meta.problems[:5]:
         logger.warning("skipped bad metadata: %s", problem)
-
-    manifest = RecordFile(out / MANIFEST, key=lambda r: r["path"])
-    manifest.keep(lambda r: (out / r["path"]).exists())
-    failures = RecordFile(out / FAILURES, key=_failure_key)
+    summary = DownloadSummary(metadata_problems=len(meta.problems))
+    manifest, failures = _open_records(out, summary)
     failed_before: dict[int, list] = defaultdict(list)
     for item in failures.records():
         failed_before[item["photo"]].append(_failure_key(item))
-
-    summary = DownloadSummary(metadata_problems=len(meta.problems))
-    jobs = plan_jobs(meta.pairs, meta.shop, urls)
+    jobs = plan_jobs(meta.pairs, meta.shop)
     summary.photos = len(jobs)
-    todo: list[PhotoJob] = []
-    for job in jobs:
-        if all((out / o.path).exists() for o in job.outputs):
-            summary.present += 1
-            for output in job.outputs:
-                if output.path not in manifest:
-                    manifest.add(output.record)
-        elif job.photo in failed_before and not config.retry_failed:
-            summary.skipped_failed += 1
-        else:
-            todo.append(job)
+    todo = _select(jobs, out, manifest, failed_before, config.retry_failed, summary)
 
-    stop = threading.Event()
-    fetcher = Fetcher(config.fetch, stop)
-    worker = _Worker(out, fetcher)
+    interrupts = Interrupts(threading.Event())
+    source = _open_source(config, urls, Fetcher(config.fetch, interrupts.stop))
     bar = tqdm(total=len(todo), unit="photo", desc="download", disable=not config.progress, dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="download")
-    pending: dict[Future, PhotoJob] = {}
-    queue = iter(todo)
-    def record(future: Future, job: PhotoJob) -> None:
-        try:
-            saved, failed = future.result()
-        except Cancelled:
-            return
+
+    def record(job: PhotoJob, outcome: Outcome) -> None:
         for key in failed_before.pop(job.photo, ()):
             failures.discard(key)
-        for output in saved:
+        for output in outcome.saved:
             manifest.add(output.record)
-        for item in failed:
+        for item in outcome.failures:
             failures.add(item)
             summary.failed[item["reason"].split(":")[0]] += 1
-        summary.saved += len(saved)
+            summary.failed_hosts[item["host"] or "-"] += 1
+        summary.saved += len(outcome.saved)
         bar.update(1)
         bar.set_postfix(saved=summary.saved, failed=sum(summary.failed.values()), refresh=False)
 
     try:
-        while True:
-            while len(pending) < 4 * config.workers:
-                job = next(queue, None)
-                if job is None:
-                    break
-                pending[pool.submit(worker, job)] = job
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                record(future, pending.pop(future))
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        logger.warning("interrupted: finishing the images in flight")
+        network: set[str] = set()
+        queues: HostQueues[PhotoJob] = HostQueues(config.per_host, limited=lambda host: host in network)
+        for job in todo:
+            job.location = source.locate(job.photo)
+            if job.location is None:
+                record(job, Outcome(failures=[failure(job, source.missing)]))
+        located = sorted((job for job in todo if job.location), key=lambda job: job.location.order)
+        for job in located:
+            if job.location.limited:
+                network.add(job.location.host)
+            queues.add(job.location.host, job)
+        source.expect([job.location for job in located])
+        with interrupts:
+            run_jobs(queues, Worker(out, config.fetch.retries, config.max_wait), config.workers, record, interrupts)
+        summary.interrupted = interrupts.requested
     finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for future, job in pending.items():
-            if future.done() and not future.cancelled():
-                record(future, job)
-        fetcher.close()
+        source.close()
         bar.close()
         manifest.rewrite(sort_key=lambda r: r["path"])
         failures.rewrite(sort_key=lambda r: (r["photo"], r.get("path") or ""))

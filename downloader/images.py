@@ -10,10 +10,11 @@ import io
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common import atomic_path
 
 from .metadata import BBox
 
@@ -39,8 +40,11 @@ def check_size(image: Image.Image, max_pixels: int = MAX_PIXELS) -> None:
         raise _too_large(f"{width}x{height} = {width * height:,}", max_pixels)
 
 
-def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def decode(data: bytes, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode and fully load image bytes (first frame of animations), refusing more than ``max_pixels``.
+
+    ``draft`` (width, height): a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale that keeps at
+    least that size (libjpeg's DCT scaling, ``Image.draft``); other formats ignore it.
 
     Raises:
         ImageError: empty body, not an image, truncated, corrupt or oversized (never any other
@@ -51,6 +55,8 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         check_size(image, max_pixels)
+        if draft is not None:
+            image.draft(image.mode, draft)
         image.load()
     except ImageError:
         raise
@@ -151,14 +157,29 @@ def load(path: str | Path) -> Image.Image:
 
 
 def save_jpeg(image: Image.Image, path: str | Path, quality: int = 95) -> None:
-    """Write a JPEG atomically: a temporary file beside ``path``, then rename."""
+    """Write a JPEG atomically and durably (``common.atomic_path``: temporary file, fsync, rename)."""
+    with atomic_path(path) as temp:
+        image.save(temp, format="JPEG", quality=quality)
+
+
+def is_complete_jpeg(path: str | Path) -> bool:
+    """Cheap check that a saved JPEG is whole: not empty, starts with SOI, ends with EOI, header parses.
+
+    Reads the header and the last two bytes only (a full decode of every image on resume would take
+    minutes at the data set's size). Catches what a power loss or a kill leaves: empty or cut files.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="JPEG", quality=quality)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        size = path.stat().st_size
+        if size < 4:
+            return False
+        with path.open("rb") as handle:
+            start = handle.read(2)
+            handle.seek(-2, os.SEEK_END)
+            end = handle.read(2)
+        if start != b"\xff\xd8" or end != b"\xff\xd9":
+            return False
+        with Image.open(path) as image:
+            return image.format == "JPEG" and image.width > 0 and image.height > 0
+    except Exception:  # noqa: BLE001 (any Pillow or file error: not a usable image)
+        return False
