@@ -1,0 +1,132 @@
+"""The JSON API: health, categories, search and compare; photos are decoded in threads, embedded in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from downloader.images import ImageError
+
+from .batching import Batcher
+from .config import ServiceConfig
+from .uploads import decode_photo, parse_bbox
+
+BBOX_HELP = "LEFT,TOP,WIDTH,HEIGHT in pixels of the photo as stored (before EXIF rotation); empty: the whole photo"
+
+
+class MatchOut(BaseModel):
+    rank: int
+    product: int
+    photo: int
+    category: str
+    distance: float
+    score: float
+    image_url: str
+
+
+class SearchOut(BaseModel):
+    matches: list[MatchOut]
+    took_ms: float
+
+
+class CompareOut(BaseModel):
+    distance: float
+    score: float
+    same: bool | None
+    threshold: float | None
+    took_ms: float
+
+
+class CategoryOut(BaseModel):
+    name: str
+    photos: int
+    products: int
+
+
+class CategoriesOut(BaseModel):
+    categories: list[CategoryOut]
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "not an image, truncated, a decompression bomb, a bad box, "
+                                            "or an unknown category"},
+    413: {"model": ErrorOut, "description": "upload over --max-upload-mb, refused while it streams in"},
+    422: {"model": ErrorOut, "description": "a missing field or a parameter out of range"},
+}
+
+
+def categories_of(engine: Any) -> list[CategoryOut]:
+    index = engine.index
+    return [CategoryOut(name=name, photos=stop - start, products=int(len(np.unique(index.products[start:stop]))))
+            for name, (start, stop) in sorted(engine.slices.items())]
+
+
+def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRouter:
+    """The routes under ``/api`` and ``/healthz`` for one engine and its batcher."""
+    router = APIRouter()
+    categories = CategoriesOut(categories=categories_of(engine))
+
+    async def prepare(data: bytes, bbox: str | None, field: str, box_field: str) -> np.ndarray:
+        """The network input for an uploaded photo; 400 for a bad box or a photo that is not usable."""
+        try:
+            box = parse_bbox(bbox, box_field)
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        try:
+            with batcher.arriving():
+                photo = await run_in_threadpool(decode_photo, data, box, config.max_pixels)
+                return await run_in_threadpool(engine.extractor.prepare, photo)
+        except ImageError as error:
+            raise HTTPException(400, f"{field}: {error}") from None
+
+    @router.get("/healthz", summary="Is the service up, and what it serves")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "photos": len(engine.index), "categories": len(engine.slices),
+                "backbone": engine.index.attrs.get("backbone", {}).get("backbone"), "head": engine.head is not None,
+                "max_upload_mb": config.max_upload_mb, "batches": batcher.batches, "batched_photos": batcher.photos}
+
+    @router.get("/api/categories", response_model=CategoriesOut, summary="Categories with their photo counts")
+    def list_categories() -> CategoriesOut:
+        return categories
+
+    @router.post("/api/search", response_model=SearchOut, responses=REFUSALS,
+                 summary="The k shop products that look most like a street photo, each product once")
+    async def search(image: UploadFile = File(description="the street photo (JPEG, PNG, WebP, ...)"),
+                     bbox: str | None = Form(None, description=BBOX_HELP),
+                     category: str | None = Form(None, description="rank only this category; empty: all"),
+                     k: int = Form(10, ge=1, le=100, description="how many products")) -> SearchOut:
+        started = time.perf_counter()
+        category = category or None
+        if category is not None and category not in engine.slices:
+            raise HTTPException(400, f"category: no shop photo of category {category[:80]!r} in the index "
+                                     f"(it has: {', '.join(sorted(engine.slices))})")
+        prepared = await prepare(await image.read(), bbox, "image", "bbox")
+        matches = await asyncio.wrap_future(batcher.search(prepared, category, k))
+        return SearchOut(matches=[MatchOut(rank=m.rank, product=m.product, photo=m.photo, category=m.category,
+                                           distance=m.distance, score=m.score, image_url=f"/shop/{m.photo}.jpg")
+                                  for m in matches], took_ms=round(1000 * (time.perf_counter() - started), 2))
+
+    @router.post("/api/compare", response_model=CompareOut, responses=REFUSALS,
+                 summary="Are two photos of the same item? Distance, calibrated score and the call")
+    async def compare(a: UploadFile = File(description="the first photo"),
+                      b: UploadFile = File(description="the second photo"),
+                      bbox_a: str | None = Form(None, description=BBOX_HELP),
+                      bbox_b: str | None = Form(None, description=BBOX_HELP)) -> CompareOut:
+        started = time.perf_counter()
+        left, right = await asyncio.gather(prepare(await a.read(), bbox_a, "a", "bbox_a"),
+                                           prepare(await b.read(), bbox_b, "b", "bbox_b"))
+        result = await asyncio.wrap_future(batcher.compare(left, right))
+        return CompareOut(distance=result.distance, score=result.score, same=result.same,
+                          threshold=result.threshold, took_ms=round(1000 * (time.perf_counter() - started), 2))
+
+    return router
