@@ -1,4 +1,4 @@
-"""The pre-trained networks an image can be embedded with, each cut below its classifier.
+"""The pre-trained networks an image can be embedded with, each cut below its classifier, taking pixels.
 
 Keras is imported inside the functions, so importing this module stays fast.
 """
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
+
+from .precision import POLICIES
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +103,14 @@ def _randomise(model: Any, seed: int) -> None:
         variable.assign(rng.uniform(-limit, limit, size=shape).astype(np.float32))
 
 
-def build_model(spec: Backbone, weights: str | Path | None) -> Any:
-    """The keras model from image to the cut layer's vector.
+def build_model(spec: Backbone, weights: str | Path | None, precision: str = "float32") -> Any:
+    """The keras model from ``uint8`` RGB pixels to the cut layer's vector, ``preprocess_input`` inside.
 
     Args:
         weights: ``"imagenet"`` (downloaded by Keras on first use), a local weights file of the full
             model, or ``None`` (random, seeded).
+        precision: ``float32``, ``bfloat16`` or ``float16`` (Keras' mixed policy: float32 variables,
+            the network computed in the lower precision; the preprocessing stays float32).
 
     Raises:
         FileNotFoundError: the weights file does not exist.
@@ -120,6 +124,8 @@ def build_model(spec: Backbone, weights: str | Path | None) -> Any:
         elif not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: weights file does not exist")
     build = spec.factory or _keras_attr(spec.application)
+    previous = keras.config.dtype_policy()  # the policy is per thread: set it only while building
+    keras.config.set_dtype_policy(POLICIES[precision])
     try:
         full = build(weights=None if weights is None else str(weights))
     except Exception as error:  # Keras raises a bare Exception when the download fails
@@ -130,6 +136,13 @@ def build_model(spec: Backbone, weights: str | Path | None) -> Any:
             f"on a machine without internet pass a local weights file with --weights PATH "
             f"(Keras' weights file of the full {spec.name} model), or --weights none for random weights"
         ) from None
+    finally:
+        keras.config.set_dtype_policy(previous)
     if weights is None:
         _randomise(full, seed=0)
-    return keras.Model(full.inputs, full.get_layer("predictions").input, name=f"{spec.name}_{spec.layer}")
+    cut = keras.Model(full.inputs, full.get_layer("predictions").input, name=f"{spec.name}_{spec.layer}")
+    pixels = keras.Input((*spec.input_size, 3), dtype="uint8", name="pixels")
+    preprocess = preprocess_function(spec)
+    inputs = keras.layers.Lambda(lambda x: preprocess(keras.ops.cast(x, "float32")), dtype="float32",
+                                 name="preprocess_input")(pixels)
+    return keras.Model(pixels, cut(inputs), name=f"{spec.name}_{spec.layer}_from_pixels")

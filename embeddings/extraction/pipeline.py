@@ -1,18 +1,27 @@
-"""Compute backbone vectors for the downloader's images (or a folder) into a cache, resumably."""
+"""Compute backbone vectors for the downloader's images (or a folder) into a cache, resumably.
+
+Reader (the checked manifest or a folder) -> engine (``distributor``: local processes or Ray) ->
+writer (``CacheWriter``: one writer per cache, appended batch by batch, resumable).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from downloader.records import read_jsonl
+from common import read_manifest
 
+from .backbones import Backbone
 from .cache import CacheWriter
+from .distributor import ENGINES, open_engine
 from .extractor import Extractor
+from .precision import check_precision
+from .preprocess import DEFAULT_DECODE, check_decode
 from .shards import in_shard
 
 logger = logging.getLogger(__name__)
@@ -23,17 +32,31 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".ti
 @dataclass
 class BuildConfig:
     """One build: images from ``manifest`` (ids are its paths) or from a folder ``images`` (ids are paths
-    inside it; the first sub-folder is the label), into the cache ``out``."""
+    inside it; the first sub-folder is the label), into the cache ``out``.
+
+    ``decode`` and ``precision`` are part of the cache's identity; ``engine`` is ``local`` (this machine)
+    or ``ray`` (``ray_address``: None starts a local Ray with ``workers`` CPUs, ``auto`` or
+    ``HOST:PORT`` joins a cluster; ``gpus_per_worker``: GPUs per network actor, None: 1 where the
+    cluster has GPUs). ``strict`` makes a bad manifest line fatal; ``wait`` waits for another build
+    writing ``out`` instead of failing.
+    """
 
     out: Path
     manifest: Path | None = None
     images: Path | None = None
-    backbone: str = "vgg19"
+    backbone: str | Backbone = "vgg19"
     weights: str | Path | None = "imagenet"
     batch_size: int = 32
     shard: tuple[int, int] = (0, 1)
     workers: int | None = None
     progress: bool = False
+    decode: str = DEFAULT_DECODE
+    precision: str = "float32"
+    engine: str = "local"
+    ray_address: str | None = None
+    gpus_per_worker: float | None = None
+    strict: bool = False
+    wait: bool = False
 
     def validate(self) -> None:
         if (self.manifest is None) == (self.images is None):
@@ -47,6 +70,18 @@ class BuildConfig:
             raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        check_decode(self.decode)
+        check_precision(self.precision)
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ValueError(f"gpus per worker must be 0 or more, got {self.gpus_per_worker}")
+
+    @property
+    def cpus(self) -> int:
+        return self.workers or os.cpu_count() or 2
 
 
 @dataclass
@@ -55,6 +90,7 @@ class BuildSummary:
     present: int = 0
     computed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -63,19 +99,26 @@ class BuildSummary:
         lines = [f"images: {self.total}; already cached: {self.present}; computed: {self.computed} "
                  f"({rate:.1f} images/s); unreadable: {len(self.failures)}"]
         lines += [f"  skipped {key}: {why}" for key, why in self.failures[:10]]
+        if self.problems:
+            lines.append(f"bad manifest lines skipped: {len(self.problems)} (--strict makes them fatal)")
+            lines += [f"  {problem}" for problem in self.problems[:10]]
         if self.interrupted:
             lines.append("interrupted: the cache keeps every finished batch; run the same command to resume")
         return lines
 
 
-def list_items(config: BuildConfig) -> list[tuple[str, Path, str | None]]:
-    """``(id, file, label)`` for every image of the build (before sharding)."""
+def list_items(config: BuildConfig) -> tuple[list[tuple[str, Path, str | None]], list[str]]:
+    """``(id, file, label)`` for every image of the build (before sharding), and the manifest's bad lines.
+
+    Raises:
+        common.ManifestError: with ``strict``, the first bad manifest line.
+    """
     if config.manifest is not None:
-        manifest = Path(config.manifest)
+        manifest = read_manifest(config.manifest, strict=config.strict)
         seen: dict[str, tuple[str, Path, str | None]] = {}
-        for record in read_jsonl(manifest):
-            seen.setdefault(record["path"], (record["path"], manifest.parent / record["path"], None))
-        return list(seen.values())
+        for entry in manifest.entries:
+            seen.setdefault(entry.path, (entry.path, manifest.file(entry), None))
+        return list(seen.values()), manifest.problems
     root = Path(config.images)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     items = []
@@ -83,39 +126,59 @@ def list_items(config: BuildConfig) -> list[tuple[str, Path, str | None]]:
         relative = path.relative_to(root)
         label = relative.parts[0] if len(relative.parts) > 1 else None
         items.append((relative.as_posix(), path, label))
-    return items
+    return items, []
 
 
 def build(config: BuildConfig, extractor: Extractor | None = None) -> BuildSummary:
     """Compute the vectors missing from ``config.out``; a rerun after any stop computes only the rest.
 
+    ``extractor`` (local engine only) replaces the one the configuration describes.
+
     Raises:
         FileNotFoundError, ValueError: bad configuration.
-        CacheError: ``out`` exists but was built with another backbone or weights.
+        common.ManifestError: ``strict`` and a bad manifest line.
+        common.LockHeld: another build is writing ``out`` (and not ``wait``).
+        CacheError: ``out`` exists but was built with another backbone, weights, precision or decoding.
         WeightsUnavailableError: ImageNet weights asked for and not downloadable.
     """
     config.validate()
-    items = [item for item in list_items(config) if in_shard(item[0], config.shard)]
+    items, problems = list_items(config)
+    items = [item for item in items if in_shard(item[0], config.shard)]
     labelled = config.images is not None and bool(items) and all(label is not None for _, _, label in items)
-    extractor = extractor or Extractor(config.backbone, config.weights, config.batch_size, config.workers)
-    summary = BuildSummary(total=len(items))
+    summary = BuildSummary(total=len(items), problems=problems)
     labels = {key: label for key, _, label in items}
+    engine = open_engine(config, extractor)
     start = time.perf_counter()
-    with CacheWriter(config.out, extractor.describe(), labelled=labelled) as writer:
-        todo = [(key, path) for key, path, _ in items if key not in writer.ids]
-        summary.present = len(items) - len(todo)
-        bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not config.progress, dynamic_ncols=True)
-        try:
-            for batch in extractor.batches(todo):
-                summary.computed += writer.append(batch.ids, batch.vectors,
-                                                  [labels[k] for k in batch.ids] if labelled else None)
-                summary.failures += batch.failures
-                for key, why in batch.failures:
-                    logger.warning("skipped %s: %s", key, why)
-                bar.update(len(batch.ids) + len(batch.failures))
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        finally:
-            bar.close()
+    try:
+        with CacheWriter(config.out, engine.describe(), labelled=labelled, wait=config.wait) as writer:
+            todo = [(key, path) for key, path, _ in items if key not in writer.ids]
+            summary.present = len(items) - len(todo)
+            _run(engine, todo, writer, labels if labelled else None, summary, config.progress)
+    finally:
+        engine.close()
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _run(engine, todo: list[tuple[str, Path]], writer: CacheWriter, labels: dict[str, str | None] | None,
+         summary: BuildSummary, progress: bool) -> None:
+    """Append every batch the engine finishes; Ctrl-C keeps what is written and stops."""
+    bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in engine.batches(todo):
+            summary.computed += writer.append(batch.ids, batch.vectors,
+                                              [labels[k] for k in batch.ids] if labels is not None else None)
+            summary.failures += batch.failures
+            for key, why in batch.failures:
+                logger.warning("skipped %s: %s", key, why)
+            bar.update(len(batch.ids) + len(batch.failures))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+    if not summary.interrupted:
+        failed = {key for key, _ in summary.failures}
+        lost = [key for key, _ in todo if key not in writer.ids and key not in failed]
+        if lost:  # an engine that dropped rows: say so (a rerun computes them)
+            logger.error("%d images came back from no worker (first: %s); rerun to compute them", len(lost), lost[0])
+            summary.failures += [(key, "lost by the engine; rerun to compute it") for key in lost]
