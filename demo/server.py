@@ -1,7 +1,9 @@
 """A small HTTP server on 127.0.0.1 that stands in for the dead Street2Shop hosts.
 
 It serves files, and on chosen paths misbehaves as real hosts do: errors, slow replies,
-errors that clear on retry, redirects. Used by the demo, the tests and the benchmarks.
+errors that clear on retry (500, or 429 with ``Retry-After``), redirects, bodies without a length,
+broken ``Content-Encoding``. It counts requests in flight (``max_active``) and logs when each
+request came (``log``). Used by the demo, the tests and the benchmarks.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import mimetypes
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,7 +26,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 @dataclass
 class Route:
-    """How one path answers: ``fail_times`` first requests get a 500; ``delay`` seconds before replying."""
+    """How one path answers: ``fail_times`` first requests get ``fail_status`` (with ``fail_headers``);
+    ``delay`` seconds before replying; ``headers`` added to the reply; ``unsized``: no Content-Length,
+    the body ends when the connection closes."""
 
     body: bytes = b""
     status: int = 200
@@ -32,6 +36,10 @@ class Route:
     delay: float = 0.0
     fail_times: int = 0
     redirect: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    fail_status: int = 500
+    fail_headers: dict[str, str] = field(default_factory=dict)
+    unsized: bool = False
 
 
 class LoopbackServer:
@@ -43,6 +51,9 @@ class LoopbackServer:
         self.root = Path(root) if root is not None else None
         self.latency = latency
         self.hits: Counter[str] = Counter()
+        self.log: list[tuple[str, float]] = []  # (path, time.monotonic() when the request came)
+        self.active = 0
+        self.max_active = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -61,6 +72,7 @@ class LoopbackServer:
         with self._lock:
             self.hits[path] += 1
             count = self.hits[path]
+            self.log.append((path, time.monotonic()))
         route = self.routes.get(path)
         if route is None and self.root is not None:
             file = (self.root / path.lstrip("/")).resolve()
@@ -70,8 +82,14 @@ class LoopbackServer:
         if route is None:
             return Route(b"not found", status=404, content_type="text/plain")
         if count <= route.fail_times:
-            return Route(b"server error", status=500, content_type="text/plain", delay=route.delay)
+            return Route(b"server error", status=route.fail_status, content_type="text/plain", delay=route.delay,
+                         headers=route.fail_headers)
         return route
+
+    def _enter(self, change: int) -> None:
+        with self._lock:
+            self.active += change
+            self.max_active = max(self.max_active, self.active)
 
     def start(self) -> "LoopbackServer":
         server = self
@@ -81,7 +99,13 @@ class LoopbackServer:
             disable_nagle_algorithm = True  # else headers and body, sent apart, wait on delayed ACKs (40 ms)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                route = server._answer(self.path.split("?")[0])
+                server._enter(1)
+                try:
+                    self._reply(server._answer(self.path.split("?")[0]))
+                finally:
+                    server._enter(-1)
+
+            def _reply(self, route: Route) -> None:
                 time.sleep(server.latency + route.delay)
                 try:
                     if route.redirect is not None:
@@ -92,7 +116,13 @@ class LoopbackServer:
                         return
                     self.send_response(route.status)
                     self.send_header("Content-Type", route.content_type)
-                    self.send_header("Content-Length", str(len(route.body)))
+                    for name, value in route.headers.items():
+                        self.send_header(name, value)
+                    if route.unsized:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    else:
+                        self.send_header("Content-Length", str(len(route.body)))
                     self.end_headers()
                     self.wfile.write(route.body)
                 except (BrokenPipeError, ConnectionResetError):

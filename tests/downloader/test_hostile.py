@@ -1,0 +1,201 @@
+"""Hostile photos and hostile leftovers: each becomes a recorded failure or is repaired; the run goes on."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import LockHeld, WriterLock
+from demo.server import LoopbackServer, Route
+from downloader import DownloadConfig, FetchConfig, download, read_jsonl
+from downloader.__main__ import main
+from tests.conftest import encode, make_image
+from tests.downloader.bombs import bomb_png
+
+ROOT = Path(__file__).resolve().parents[2]
+JPEG = encode(make_image(40, 30, seed=3), "JPEG", quality=90)
+BIG = encode(Image.fromarray(np.random.default_rng(4).integers(0, 256, (150, 200, 3), dtype=np.uint8)), "PNG")
+assert 20_000 < len(BIG) < 1_000_000  # noise does not compress: over a 10 kB cap, under 1 MB
+
+
+def hostile_routes() -> dict[str, Route]:
+    return {
+        "/good.jpg": Route(JPEG),
+        "/bomb.png": Route(bomb_png(40_000, 40_000), content_type="image/png"),
+        "/gzip.jpg": Route(b"this is not gzip at all", headers={"Content-Encoding": "gzip"}),
+        "/big.png": Route(BIG, content_type="image/png"),
+        "/big-unsized.png": Route(BIG, content_type="image/png", unsized=True),
+        "/good2.jpg": Route(JPEG),
+    }
+
+
+NAMES = {1: "good.jpg", 2: "bomb.png", 3: "gzip.jpg", 4: "big.png", 5: "big-unsized.png", 6: "good2.jpg"}
+
+
+def write_meta(tmp_path: Path, server: LoopbackServer, names: dict[int, str] = NAMES) -> tuple[Path, Path]:
+    photos = tmp_path / "photos.txt"
+    photos.write_text("".join(f"{i:09d},{server.url(name)}\n" for i, name in names.items()))
+    meta = tmp_path / "meta"
+    meta.mkdir(exist_ok=True)
+    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in names]))
+    return meta, photos
+
+
+def config(meta, photos, out, **kw) -> DownloadConfig:
+    kw.setdefault("fetch", FetchConfig(timeout=2, retries=1, backoff=0.01, max_bytes=10_000))
+    return DownloadConfig(meta=meta, photos=photos, out=out, workers=3, **kw)
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    with LoopbackServer(hostile_routes()) as server:
+        meta, photos = write_meta(tmp_path, server)
+        yield server, meta, photos
+
+
+def reasons(out: Path) -> dict[int, str]:
+    return {r["photo"]: r["reason"] for r in read_jsonl(out / "failures.jsonl")}
+
+
+def test_bomb_and_broken_gzip_are_failures_and_the_run_goes_on(hostile, tmp_path):
+    server, meta, photos = hostile
+    out = tmp_path / "out"
+    summary = download(config(meta, photos, out))
+    assert sorted(p.name for p in (out / "shop").iterdir()) == ["1.jpg", "6.jpg"]
+    found = reasons(out)
+    assert found[2].startswith("image too large: 1,600,000,000 pixels, over the limit")
+    assert found[3].startswith("bad content encoding")
+    assert summary.saved == 2 and summary.failed["image too large"] == 1
+    assert summary.failed["bad content encoding"] == 1
+
+    hits = dict(server.hits)
+    again = download(config(meta, photos, out))
+    assert dict(server.hits) == hits and again.skipped_failed == 4  # not fetched again
+    download(config(meta, photos, out, retry_failed=True))
+    assert server.hits["/bomb.png"] == hits["/bomb.png"] + 1 and server.hits["/gzip.jpg"] == hits["/gzip.jpg"] + 1
+
+
+GOOD = {1: "good.jpg", 6: "good2.jpg"}
+SIZES = {1: "good.jpg", 4: "big.png", 5: "big-unsized.png"}
+
+
+def test_max_mb_caps_declared_and_unsized_bodies(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, SIZES)
+    out = tmp_path / "out"
+    download(config(meta, photos, out))
+    found = reasons(out)
+    assert found[4] == f"too large: {len(BIG)} bytes declared, over --max-mb (10000 bytes)"
+    assert found[5] == "too large: over --max-mb (10000 bytes)"  # no Content-Length: counted while streaming
+    assert not (out / "shop" / "4.jpg").exists()
+
+
+def test_max_mb_flag_reaches_the_fetcher(hostile, tmp_path, capsys):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, SIZES)
+    out = tmp_path / "out"
+    code = main(["--meta", str(meta), "--photos", str(photos), "--out", str(out), "--quiet", "--max-mb", "0.01",
+                 "--retries", "0"])
+    assert code == 0
+    assert reasons(out)[4].startswith("too large") and (out / "shop" / "1.jpg").exists()
+    code = main(["--meta", str(meta), "--photos", str(photos), "--out", str(tmp_path / "out2"), "--quiet",
+                 "--max-mb", "1", "--retries", "0"])
+    assert code == 0 and (tmp_path / "out2" / "shop" / "4.jpg").exists()  # 1 MB lets it through
+    assert "failed by host: 127.0.0.1:" in capsys.readouterr().out
+
+
+def test_empty_or_cut_images_left_by_a_power_loss_are_fetched_again(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, GOOD)
+    out = tmp_path / "out"
+    download(config(meta, photos, out))
+    (out / "shop" / "1.jpg").write_bytes(b"")  # what delayed allocation leaves after a power loss
+    whole = (out / "shop" / "6.jpg").read_bytes()
+    (out / "shop" / "6.jpg").write_bytes(whole[: len(whole) // 2])
+    before = dict(server.hits)
+    summary = download(config(meta, photos, out))
+    assert server.hits["/good.jpg"] == before["/good.jpg"] + 1
+    assert server.hits["/good2.jpg"] == before["/good2.jpg"] + 1
+    assert summary.saved == 2
+    for name in ("1.jpg", "6.jpg"):
+        with Image.open(out / "shop" / name) as image:
+            image.load()
+    assert {r["path"] for r in read_jsonl(out / "manifest.jsonl")} == {"shop/1.jpg", "shop/6.jpg"}
+
+
+def test_bad_manifest_lines_are_reported_not_a_traceback(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, {**GOOD, 4: "big.png"})
+    out = tmp_path / "out"
+    download(config(meta, photos, out))
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(["not json", '{"path": "../x.jpg"}', *lines]) + "\n")
+    (out / "failures.jsonl").write_text("[1, 2]\n" + (out / "failures.jsonl").read_text())
+    summary = download(config(meta, photos, out))
+    text = "\n".join(summary.lines())
+    assert "bad lines skipped in the records: 3 (first: " in text and "manifest.jsonl:1: not JSON" in text
+    assert [r["path"] for r in read_jsonl(out / "manifest.jsonl")] == ["shop/1.jpg", "shop/6.jpg"]
+    assert len(read_jsonl(out / "failures.jsonl")) == 1  # the bad line is dropped by the rewrite
+
+
+def test_a_second_downloader_on_the_same_out_exits_2_naming_the_holder(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, GOOD)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "downloader", "--meta", str(meta), "--photos", str(photos), "--out", str(out),
+            "--quiet"]
+    with WriterLock(out):
+        result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {__import__('os').getpid()}" in lines[0] and "--wait" in lines[0]
+        assert not (out / "manifest.jsonl").exists()
+        waiting = subprocess.Popen([*args, "--wait"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        time.sleep(1.0)
+        assert waiting.poll() is None and not (out / "manifest.jsonl").exists()  # it waits for us
+    _, stderr = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, stderr
+    assert (out / "shop" / "1.jpg").exists()
+
+
+def test_download_holds_the_writer_lock_while_it_runs(tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    with LoopbackServer({"/slow.jpg": Route(JPEG, delay=1.0)}) as server:
+        meta, photos = write_meta(tmp_path, server, {1: "slow.jpg"})
+        out = tmp_path / "out"
+        thread = threading.Thread(target=lambda: (started.set(), download(config(meta, photos, out)), release.set()))
+        thread.start()
+        started.wait()
+        deadline = time.monotonic() + 10
+        while not server.hits and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(LockHeld, match="another run is writing it"):
+            download(config(meta, photos, out))
+        thread.join(timeout=30)
+        assert release.is_set() and (out / "shop" / "1.jpg").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "0"], "error: workers must be at least 1, got 0"),
+    (["--per-host", "0"], "error: per_host must be at least 1, got 0"),
+    (["--max-mb", "0"], "error: the body cap (--max-mb) must be at least 1 byte, got 0"),
+    (["--photos-dir", "nowhere"], "error: nowhere: photos folder does not exist"),
+    (["--mirror", "ftp://x"], "error: --mirror must be an http://, https:// or file:// URL, got 'ftp://x'"),
+    (["--workers", "many"], "error: argument --workers: invalid int value: 'many' (see --help)"),
+])
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, extra, message):
+    (tmp_path / "photos.txt").write_text("")
+    result = subprocess.run([sys.executable, "-m", "downloader", "--meta", str(tmp_path), "--photos",
+                             str(tmp_path / "photos.txt"), "--out", str(tmp_path / "out"), *extra],
+                            capture_output=True, text=True, cwd=tmp_path if "nowhere" in extra else ROOT,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
