@@ -1,0 +1,220 @@
+"""Train a tower end to end on pixels (``python -m embeddings.finetune``) and write ``model.keras``,
+``config.json``, ``history.json`` and ``training.png`` into one folder, written whole at the end.
+
+The losses, batch samplers, validation figures and calibration are the head's (``embeddings.train``);
+here the samplers pick images instead of cached vectors. After every epoch the state is checkpointed
+beside the output, so a killed run resumes from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from common import WriterLock, atomic_path
+
+from .fit import evaluate_embeddings
+from .losses import MINING, contrastive_loss, triplet_loss
+from .pixel_data import PixelSplits, fashion_mnist_splits, folder_splits, limit_items, manifest_splits
+from .pixels import PixelBatches, embed_pixels, raw_pixels
+from .samplers import ItemSet, PairSampler, TripletSampler
+from .tower import TOWER_FORMAT, TowerConfig, build_image_pair_model, build_tower, tower_settings
+from .tower_checkpoint import EpochState, checkpoint_path, load_checkpoint, remove_checkpoint
+
+logger = logging.getLogger(__name__)
+
+KERAS_DATASET = "keras.datasets"  # ``fashion_mnist`` value: download through keras.datasets.fashion_mnist
+
+
+@dataclass
+class FinetuneConfig:
+    """One run: exactly one source (``manifest``, ``images`` folder, or ``fashion_mnist`` folder or
+    ``KERAS_DATASET``). ``learning_rate`` defaults to 1e-3 from scratch (small-cnn), 1e-4 fine-tuning;
+    ``margin`` to 0.2 (triplet) or 1.0 (contrastive); ``eval_limit`` caps validation and test items."""
+
+    out: Path
+    manifest: Path | None = None
+    images: Path | None = None
+    fashion_mnist: str | Path | None = None
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    loss: Literal["triplet", "contrastive"] = "triplet"
+    mining: str = "semi-hard"
+    margin: float | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float | None = None
+    per_class: int = 4
+    negatives_per_positive: float = 1.0
+    in_class: float = 0.5
+    val_fraction: float = 0.15
+    patience: int = 5
+    steps_per_epoch: int | None = None
+    eval_limit: int = 2000
+    seed: int = 0
+    progress: bool = False
+
+    def validate(self) -> None:
+        sources = [s for s in (self.manifest, self.images, self.fashion_mnist) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of manifest, images or fashion_mnist")
+        if self.manifest is not None and not Path(self.manifest).is_file():
+            raise FileNotFoundError(f"{self.manifest}: manifest does not exist")
+        if self.loss not in ("triplet", "contrastive"):
+            raise ValueError(f"loss must be triplet or contrastive, got {self.loss!r}")
+        if self.mining not in MINING:
+            raise ValueError(f"mining must be one of {list(MINING)}, got {self.mining!r}")
+        if self.epochs < 1 or self.batch_size < 2 or self.patience < 1 or self.eval_limit < 10:
+            raise ValueError(f"need epochs, patience >= 1, batch size >= 2 and eval limit >= 10, got "
+                             f"{self.epochs}, {self.patience}, {self.batch_size}, {self.eval_limit}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        self.tower.validate()
+
+    @property
+    def effective_margin(self) -> float:
+        return self.margin if self.margin is not None else (0.2 if self.loss == "triplet" else 1.0)
+
+    @property
+    def effective_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.tower.fraction == 1 and self.tower.weights is None else 1e-4
+
+    def settings(self) -> dict[str, Any]:
+        """What the run is (JSON values): recorded in ``config.json``; a resumed run must match it."""
+        settings = {
+            "source": {"manifest": self.manifest, "images": self.images, "fashion_mnist": self.fashion_mnist},
+            "tower": tower_settings(self.tower),
+            "training": {"loss": self.loss, "mining": self.mining, "margin": self.effective_margin,
+                         "batch_size": self.batch_size, "learning_rate": self.effective_learning_rate,
+                         "per_class": self.per_class, "negatives_per_positive": self.negatives_per_positive,
+                         "in_class": self.in_class, "val_fraction": self.val_fraction,
+                         "steps_per_epoch": self.steps_per_epoch, "eval_limit": self.eval_limit, "seed": self.seed},
+        }
+        return json.loads(json.dumps(settings, default=str))
+
+
+@dataclass
+class FinetuneResult:
+    """Validation figures of raw pixels and of the trained tower, test figures (None without a test split)."""
+
+    out: Path
+    raw: dict[str, float]
+    val: dict[str, float]
+    test: dict[str, float] | None
+    best_epoch: int
+    epochs_run: int
+
+
+def load_splits(config: FinetuneConfig) -> PixelSplits:
+    """Training, validation and test items from the configured source, at the tower's input size."""
+    size, fraction, seed = config.tower.size, config.val_fraction, config.seed
+    if config.manifest is not None:
+        return manifest_splits(config.manifest, size, fraction, seed)
+    if config.images is not None:
+        return folder_splits(config.images, size, fraction, seed)
+    folder = None if str(config.fashion_mnist) == KERAS_DATASET else config.fashion_mnist
+    return fashion_mnist_splits(folder, fraction, seed)
+
+
+def _decoded(items: ItemSet) -> ItemSet:
+    """The same items with their images decoded once (validation runs every epoch)."""
+    return ItemSet(np.asarray(items.vectors), items.labels, items.groups, items.query, items.gallery, items.ids)
+
+
+def validation_pairs(items: ItemSet, rng: np.random.Generator, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """Matching and as many non-matching (query, gallery) index pairs, half of the latter in-category."""
+    sampler = PairSampler(items, batch_size=limit, negatives=1.0, in_class=0.5)
+    anchors = sampler.queries[rng.integers(len(sampler.queries), size=limit)]
+    positives = sampler.partners(anchors, rng, matching=True)
+    negatives = sampler.partners(anchors, rng, matching=False)
+    keep = positives != anchors  # an item paired with itself says nothing
+    return np.stack([anchors[keep], positives[keep]], 1), np.stack([anchors, negatives], 1)
+
+
+def _trainer(config: FinetuneConfig, tower: Any, train: ItemSet) -> tuple[Any, Any, Any]:
+    """The model to fit (the tower, or a pair of it), its loss, and the batch sampler."""
+    margin = config.effective_margin
+    if config.loss == "triplet":
+        return tower, triplet_loss(margin, config.mining), TripletSampler(
+            train, config.batch_size, config.per_class, config.in_class)
+    return build_image_pair_model(tower), contrastive_loss(margin), PairSampler(
+        train, config.batch_size, config.negatives_per_positive, config.in_class)
+
+
+def finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Train the tower; the best epoch by validation top-10 is kept; resumes an unfinished run of ``out``.
+
+    Raises:
+        FileNotFoundError, ValueError: bad inputs, named (``IdxError``, ``ManifestError`` are ValueErrors).
+        common.LockHeld: another process is writing ``out``.
+    """
+    config.validate()
+    import keras
+
+    from .feed import SamplerDataset
+    from .finetune_epochs import EpochMonitor
+
+    out = Path(config.out)
+    with WriterLock(out):
+        splits = load_splits(config)
+        val = _decoded(limit_items(splits.val, config.eval_limit, config.seed))
+        val_pairs = validation_pairs(val, np.random.default_rng(config.seed))
+        raw, _ = evaluate_embeddings(raw_pixels(val.vectors), val, val_pairs)
+        logger.info("raw pixels: validation top-1 %.3f top-10 %.3f", raw["top1"], raw["top10"])
+        tower = build_tower(config.tower)
+        model, loss, sampler = _trainer(config, tower, splits.train)
+        optimizer = keras.optimizers.Adam(config.effective_learning_rate)
+        model.compile(optimizer=optimizer, loss=loss)
+        folder, settings = checkpoint_path(out), config.settings()
+        restored = load_checkpoint(folder, settings, tower, optimizer)
+        state, best = restored if restored else (EpochState(settings), tower.get_weights())
+        monitor = EpochMonitor(tower, val, lambda e: evaluate_embeddings(e, val, val_pairs)[0], state, best,
+                               folder, optimizer, config.patience)
+        steps = config.steps_per_epoch or max(1, math.ceil(len(splits.train) / config.batch_size))
+        if not monitor.finished(config.epochs):
+            dataset = SamplerDataset(PixelBatches(sampler), steps, config.seed)
+            dataset.epoch = state.epochs
+            model.fit(dataset, epochs=config.epochs, initial_epoch=state.epochs, shuffle=False,
+                      callbacks=[monitor], verbose=1 if config.progress else 0)
+        tower.set_weights(monitor.best)
+        figures, calibration = evaluate_embeddings(embed_pixels(tower, val.vectors), val, val_pairs)
+        test = None
+        if splits.test is not None:
+            held = _decoded(limit_items(splits.test, config.eval_limit, config.seed))
+            pairs = validation_pairs(held, np.random.default_rng(config.seed + 1))
+            test, _ = evaluate_embeddings(embed_pixels(tower, held.vectors), held, pairs, calibration)
+        report = {"format": TOWER_FORMAT, **settings, "calibration": calibration.__dict__,
+                  "training": dict(settings["training"], epochs=config.epochs, patience=config.patience),
+                  "data": dict(splits.source, train_items=len(splits.train), val_items=len(splits.val),
+                               test_items=len(splits.test) if splits.test is not None else 0,
+                               evaluated_val_items=len(val), images_per_epoch=steps * _images_per_step(config)),
+                  "validation": {"raw": raw, "tower": figures}, "test": test, "best_epoch": state.best_epoch}
+        _write_run(out, tower, report, state.history, raw)
+        remove_checkpoint(folder)
+    return FinetuneResult(out, raw, figures, test, state.best_epoch, state.epochs)
+
+
+def _images_per_step(config: FinetuneConfig) -> int:
+    if config.loss == "triplet":
+        return (config.batch_size // config.per_class) * config.per_class
+    return 2 * config.batch_size
+
+
+def _write_run(out: Path, tower: Any, report: dict[str, Any], history: dict[str, list[float]],
+               raw: dict[str, float]) -> None:
+    """The run folder, whole: readers see the previous run or this one."""
+    from .plots import plot_training
+
+    with atomic_path(out) as temp:
+        temp.mkdir()
+        tower.save(temp / "model.keras")
+        (temp / "config.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
+        (temp / "history.json").write_text(json.dumps(history, indent=2, sort_keys=True, default=float))
+        plot_training(history, raw, temp / "training.png")

@@ -1,0 +1,85 @@
+"""Images for end-to-end training: a lazy array of image files that the head's samplers can index, and a
+sampler wrapper that decodes the chosen batch.
+
+Files go through the same preprocessing as ``embeddings.build`` and queries (``extraction.preprocess``:
+upright RGB, bilinear resize to the input size, uint8); the rest of the preprocessing is inside the tower.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..extraction.preprocess import load_pixels
+
+
+class ImageFiles:
+    """``files`` as an N x H x W x 3 uint8 array that is read only when needed: indexing with an array, a
+    mask or a slice gives another ``ImageFiles`` (nothing is decoded); ``np.asarray`` decodes in threads."""
+
+    def __init__(self, files: np.ndarray | list[Path], size: tuple[int, int], workers: int = 4) -> None:
+        self.files = np.asarray(files, dtype=object)
+        self.size = tuple(size)
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), *self.size, 3)
+
+    def __getitem__(self, index: Any) -> "ImageFiles | np.ndarray":
+        if isinstance(index, (int, np.integer)):
+            return self.read(self.files[index])
+        return ImageFiles(self.files[index], self.size, self.workers)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """One image as H x W x 3 uint8. Raises FileNotFoundError or ``downloader.ImageError`` naming it."""
+        return load_pixels(path, self.size)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if not len(self.files):
+            return np.zeros(self.shape, dtype or np.uint8)
+        with ThreadPoolExecutor(min(self.workers, len(self.files)), thread_name_prefix="pixels") as pool:
+            batch = np.stack(list(pool.map(self.read, self.files)))
+        return batch if dtype is None else batch.astype(dtype)
+
+
+def chunks(pixels: Any, size: int):
+    """``pixels`` (an array or ``ImageFiles``) as decoded arrays of up to ``size`` images."""
+    for start in range(0, len(pixels), size):
+        yield np.asarray(pixels[start:start + size])
+
+
+class PixelBatches:
+    """Wrap a head sampler (``TripletSampler``/``PairSampler`` over pixel items) so that its batches come
+    back decoded: the samplers pick rows, this reads only those images."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def batch(self, rng: np.random.Generator) -> tuple[Any, np.ndarray]:
+        inputs, targets = self.sampler.batch(rng)
+        if isinstance(inputs, tuple):
+            return tuple(np.asarray(side) for side in inputs), targets
+        return np.asarray(inputs), targets
+
+
+def embed_pixels(tower: Any, pixels: Any, batch_size: int = 64) -> np.ndarray:
+    """The tower's embeddings of ``pixels`` (an array or ``ImageFiles``), in inference mode, chunk by chunk."""
+    parts = [np.asarray(tower.predict_on_batch(np.asarray(chunk, np.float32)), np.float32)
+             for chunk in chunks(pixels, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, int(tower.output.shape[-1])), np.float32)
+
+
+def raw_pixels(pixels: Any, side: int = 32) -> np.ndarray:
+    """The baseline: pixels as unit-length vectors (every ``k``-th row and column, so at most ``side`` of each)."""
+    pixels = np.asarray(pixels)
+    step = max(1, math.ceil(max(pixels.shape[1:3]) / side))
+    flat = pixels[:, ::step, ::step].reshape(len(pixels), -1).astype(np.float32)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
