@@ -34,7 +34,7 @@ class ArchiveSource:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.missing = f"not in archive {self.path.name}"
-        self.host = f"archive {self.path}"
+        self.name = self.host = f"archive {self.path}"
         self._lock = threading.Lock()
         self._buffer: dict[str, bytes] = {}
         self._wanted: deque = deque()  # compressed tar: members still to be read, in archive order

@@ -234,7 +234,7 @@ def _download(config: DownloadConfig) -> DownloadSummary:
         for job in todo:
             job.location = source.locate(job.photo)
             if job.location is None:
-                record(job, Outcome(failures=[failure(job, source.missing)]))
+                record(job, Outcome(failures=[failure(job, source.missing, host=source.name)]))
         located = sorted((job for job in todo if job.location), key=lambda job: job.location.order)
         for job in located:
             if job.location.limited:

@@ -56,11 +56,12 @@ def plan_jobs(pairs: Iterable[StreetPair], shop: Iterable[ShopPhoto]) -> list[Ph
     return [PhotoJob(photo, outs) for photo, outs in outputs.items()]
 
 
-def failure(job: PhotoJob, reason: str, output: Output | None = None) -> dict[str, Any]:
-    """A ``failures.jsonl`` record: the photo, where it was looked for, why, and the one image if only it failed."""
+def failure(job: PhotoJob, reason: str, output: Output | None = None, host: str | None = None) -> dict[str, Any]:
+    """A ``failures.jsonl`` record: the photo, where it was looked for (``url``, ``host``), why, and the one
+    image if only it failed."""
     location = job.location
     record = {"photo": job.photo, "url": location.address if location else None,
-              "host": location.host if location else None, "reason": reason, "path": None}
+              "host": location.host if location else host, "reason": reason, "path": None}
     if output is not None:
         record.update(path=output.path, product=output.record["product"])
     return record

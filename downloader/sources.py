@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +41,7 @@ class Location:
 
 
 class Source(Protocol):
+    name: str  # the host that a photo this source has no copy of is counted under
     missing: str  # the failure reason for a photo this source has no copy of
 
     def locate(self, photo: int) -> Location | None: ...
@@ -70,6 +72,7 @@ def mirrored(url: str, mirror: str) -> str:
 class UrlSource:
     """The URLs of ``photos.txt``: ``http(s)://`` through the fetcher, ``file://`` read from disk."""
 
+    name = "photos.txt"
     missing = "not in photos.txt"
 
     def __init__(self, urls: dict[int, str], fetcher: Fetcher, mirror: str | None = None) -> None:
@@ -109,9 +112,10 @@ def index_names(names: list[tuple[str, object]], where: str) -> dict[int, object
     """Map photo ids to the first of ``(relative name, key)`` found at depth 0 or 1; duplicates are logged."""
     found: dict[int, tuple[str, object]] = {}
     duplicates = 0
+    names = [(posixpath.normpath(name).lstrip("/"), key) for name, key in names]
     for name, key in sorted(names, key=lambda item: (item[0].count("/"), item[0])):
         photo = photo_id(name)
-        if photo is None or name.strip("/").count("/") > 1:
+        if photo is None or name.startswith("../") or name.count("/") > 1:
             continue
         if photo in found:
             duplicates += 1
@@ -128,6 +132,7 @@ class FolderSource:
     def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = Path(folder)
         self.max_bytes = max_bytes
+        self.name = f"folder {self.folder}"
         self.missing = f"not in folder {self.folder}"
         names = []
         for entry in os.scandir(self.folder):
@@ -141,7 +146,7 @@ class FolderSource:
 
     def locate(self, photo: int) -> Location | None:
         path = self.files.get(photo)
-        return None if path is None else Location(f"folder {self.folder}", str(path), source=self, key=path)
+        return None if path is None else Location(self.name, str(path), source=self, key=path)
 
     def read(self, location: Location) -> bytes:
         return read_capped(location.key, self.max_bytes)
@@ -158,6 +163,7 @@ class ChainSource:
 
     def __init__(self, sources: list[Source]) -> None:
         self.sources = sources
+        self.name = sources[0].name
         self.missing = " and ".join(source.missing for source in sources)
 
     def locate(self, photo: int) -> Location | None:

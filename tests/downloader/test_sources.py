@@ -1,0 +1,174 @@
+"""Local mirrors: a folder, an archive, file:// URLs and --mirror give the same crops as the HTTP path."""
+
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo.server import LoopbackServer
+from downloader import ArchiveError, DownloadConfig, FetchConfig, download, read_jsonl
+from downloader.sources import mirrored, photo_id
+from tests.conftest import encode, make_image
+
+BOX = {"left": 3, "top": 4, "width": 20.5, "height": 15}
+# photo id -> file name in the mirror: zero-padded or not, JPEG and PNG, some one folder down; 5 is missing
+FILES = {1: "000000001.jpg", 2: "2.png", 3: "sub/000000003.png", 4: "sub/4.jpeg", 6: "6.JPG"}
+MISSING = 5
+
+
+def make_mirror(root: Path) -> Path:
+    folder = root / "mirror"
+    for photo, name in FILES.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture = make_image(48 + photo, 40, seed=photo)
+        path.write_bytes(encode(picture, "PNG" if name.endswith(".png") else "JPEG", **(
+            {} if name.endswith(".png") else {"quality": 90})))
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / "sub" / "7.txt").write_text("not a photo either")
+    return folder
+
+
+def write_meta(root: Path) -> Path:
+    meta = root / "meta"
+    meta.mkdir()
+    photos = [*FILES, MISSING]
+    (meta / "train_pairs_bags.json").write_text(json.dumps([{"photo": p, "product": 10 + p, "bbox": BOX}
+                                                            for p in photos if p % 2]))
+    (meta / "retrieval_bags.json").write_text(json.dumps([{"photo": p, "product": 10 + p} for p in photos]))
+    return meta
+
+
+def photos_txt(root: Path, url) -> Path:
+    path = root / "photos.txt"
+    path.write_text("".join(f"{p:09d},{url(FILES.get(p, f'{p}.jpg'))}\n" for p in [*FILES, MISSING]))
+    return path
+
+
+def run(root: Path, name: str, **kw) -> Path:
+    out = root / name
+    kw.setdefault("fetch", FetchConfig(timeout=2, retries=0))
+    summary = download(DownloadConfig(meta=root / "meta", out=out, workers=3, **kw))
+    assert summary.saved == 7, summary.lines()
+    return out
+
+
+def pixels(out: Path) -> dict[str, np.ndarray]:
+    return {r["path"]: np.asarray(Image.open(out / r["path"])) for r in read_jsonl(out / "manifest.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The HTTP path: the mirror folder served over loopback HTTP."""
+    root = tmp_path_factory.mktemp("http")
+    folder = make_mirror(root)
+    write_meta(root)
+    with LoopbackServer(root=folder) as server:
+        out = run(root, "out", photos=photos_txt(root, server.url))
+    assert {r["photo"]: r["reason"] for r in read_jsonl(out / "failures.jsonl")} == {MISSING: "http 404: Not Found"}
+    return read_jsonl(out / "manifest.jsonl"), pixels(out)
+
+
+def check_same(out: Path, reference) -> None:
+    manifest, images = reference
+    assert read_jsonl(out / "manifest.jsonl") == manifest
+    found = pixels(out)
+    assert found.keys() == images.keys() and len(found) == 7
+    for path, expected in images.items():
+        assert np.array_equal(found[path], expected), path
+
+
+def test_folder_gives_the_crops_of_the_http_path(tmp_path, reference):
+    folder = make_mirror(tmp_path)
+    write_meta(tmp_path)
+    out = run(tmp_path, "out", photos_dir=folder)  # no photos.txt needed
+    check_same(out, reference)
+    failures = read_jsonl(out / "failures.jsonl")
+    assert [(f["photo"], f["reason"], f["host"]) for f in failures] == [
+        (MISSING, f"not in folder {folder}", f"folder {folder}")]
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip"])
+def test_archive_gives_the_crops_of_the_http_path(tmp_path, reference, kind):
+    folder = make_mirror(tmp_path)
+    archive = tmp_path / f"photos.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as handle:
+            for path in sorted(folder.rglob("*")):
+                handle.write(path, f"photos/{path.relative_to(folder)}" if "sub" not in path.parts else
+                             str(path.relative_to(folder)))
+    else:
+        with tarfile.open(archive, "w:gz" if kind == "tar.gz" else "w") as handle:
+            handle.add(folder, arcname=".")
+    write_meta(tmp_path)
+    out = run(tmp_path, "out", photos_archive=archive)
+    check_same(out, reference)
+    assert [f["reason"] for f in read_jsonl(out / "failures.jsonl")] == ["not in archive " + archive.name]
+    assert sorted(p.name for p in out.iterdir()) == ["failures.jsonl", "manifest.jsonl", "metadata_problems.jsonl",
+                                                     "shop", "street"]  # nothing unpacked
+
+
+def test_file_urls_work_like_http_ones(tmp_path, reference):
+    folder = make_mirror(tmp_path)
+    write_meta(tmp_path)
+    out = run(tmp_path, "out", photos=photos_txt(tmp_path, lambda name: (folder / name).as_uri()))
+    check_same(out, reference)
+    [failure] = read_jsonl(out / "failures.jsonl")
+    assert failure["reason"].startswith("missing file") and failure["host"] == "file://"
+
+
+def test_mirror_replaces_scheme_and_host(tmp_path, reference):
+    folder = make_mirror(tmp_path / "site" / "images")
+    write_meta(tmp_path)
+    photos = photos_txt(tmp_path, lambda name: f"https://dead.example.com/images/mirror/{name}")
+    with LoopbackServer(root=tmp_path / "site") as server:
+        out = run(tmp_path, "out", photos=photos, mirror=server.base_url)
+    check_same(out, reference)
+    assert folder.exists() and server.hits["/images/mirror/000000001.jpg"] == 1
+
+
+def test_a_folder_with_photos_txt_falls_back_to_the_url(tmp_path, reference):
+    folder = make_mirror(tmp_path)
+    write_meta(tmp_path)
+    (folder / "sub" / "4.jpeg").rename(tmp_path / "4.jpeg")
+    with LoopbackServer(root=tmp_path) as server:
+        photos = photos_txt(tmp_path, lambda name: server.url(Path(name).name))
+        out = run(tmp_path, "out", photos_dir=folder, photos=photos)
+    check_same(out, reference)
+    assert server.hits["/4.jpeg"] == 1 and sum(server.hits.values()) == 2  # 4 from HTTP; 5 missing everywhere
+    [failure] = read_jsonl(out / "failures.jsonl")
+    assert failure["photo"] == MISSING and failure["reason"] == "http 404: Not Found"
+
+
+def test_rerun_from_a_folder_resumes_and_retries_only_with_retry_failed(tmp_path):
+    folder = make_mirror(tmp_path)
+    write_meta(tmp_path)
+    run(tmp_path, "out", photos_dir=folder)
+    again = download(DownloadConfig(meta=tmp_path / "meta", out=tmp_path / "out", photos_dir=folder))
+    assert again.saved == 0 and again.present == 5 and again.skipped_failed == 1
+    (folder / "5.jpg").write_bytes(encode(make_image(30, 30), "JPEG"))
+    fixed = download(DownloadConfig(meta=tmp_path / "meta", out=tmp_path / "out", photos_dir=folder,
+                                    retry_failed=True))
+    assert fixed.saved == 2 and read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+
+
+def test_not_an_archive_is_a_clear_error(tmp_path):
+    bad = tmp_path / "photos.tar"
+    bad.write_text("hello")
+    write_meta(tmp_path)
+    with pytest.raises(ArchiveError, match=r"photos\.tar: not a readable \.tar, \.tar\.gz or \.zip archive"):
+        download(DownloadConfig(meta=tmp_path / "meta", out=tmp_path / "out", photos_archive=bad))
+
+
+@pytest.mark.parametrize("name, photo", [("000000123.jpg", 123), ("123.PNG", 123), ("a/7.webp", 7),
+                                         ("123.txt", None), ("x123.jpg", None), ("12 3.jpg", None)])
+def test_photo_id_from_a_file_name(name, photo):
+    assert photo_id(name) == photo
+
+
+def test_mirrored_keeps_path_and_query():
+    assert mirrored("http://old.com:8080/a/b.jpg?x=1", "https://new.org/base/") == "https://new.org/base/a/b.jpg?x=1"
