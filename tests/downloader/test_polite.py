@@ -1,0 +1,125 @@
+"""Polite fetching: Retry-After honoured without holding up other hosts, at most --per-host requests to a host."""
+
+import json
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from demo.server import LoopbackServer, Route
+from downloader import DownloadConfig, FetchConfig, download, read_jsonl
+from downloader.fetch import parse_retry_after
+from downloader.hosts import HostQueues
+from tests.conftest import encode, make_image
+
+JPEG = encode(make_image(30, 20), "JPEG")
+
+
+def write_meta(tmp_path: Path, urls: dict[int, str]) -> tuple[Path, Path]:
+    photos = tmp_path / "photos.txt"
+    photos.write_text("".join(f"{i:09d},{url}\n" for i, url in urls.items()))
+    meta = tmp_path / "meta"
+    meta.mkdir(exist_ok=True)
+    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in urls]))
+    return meta, photos
+
+
+def config(meta, photos, tmp_path, **kw) -> DownloadConfig:
+    kw.setdefault("fetch", FetchConfig(timeout=5, retries=2, backoff=0.01))
+    return DownloadConfig(meta=meta, photos=photos, out=tmp_path / "out", **kw)
+
+
+def test_429_with_retry_after_is_downloaded_after_the_wait(tmp_path):
+    throttled = Route(JPEG, fail_times=1, fail_status=429, fail_headers={"Retry-After": "1"})
+    with LoopbackServer({"/a.jpg": throttled}) as server:
+        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg")})
+        summary = download(config(meta, photos, tmp_path))
+    assert summary.saved == 1 and (tmp_path / "out" / "shop" / "1.jpg").exists()
+    (first, asked), (second, retried) = server.log
+    assert first == second == "/a.jpg" and retried - asked >= 1.0
+    assert read_jsonl(tmp_path / "out" / "failures.jsonl") == []
+
+
+def test_a_throttled_host_does_not_hold_up_the_others(tmp_path):
+    with LoopbackServer({"/a.jpg": Route(JPEG, fail_times=1, fail_status=503, fail_headers={"Retry-After": "2"})}) as slow, \
+            LoopbackServer({f"/{i}.jpg": Route(JPEG, delay=0.05) for i in range(8)}) as fast:
+        urls = {100: slow.url("a.jpg"), **{i: fast.url(f"{i}.jpg") for i in range(8)}}
+        meta, photos = write_meta(tmp_path, urls)
+        start = time.monotonic()
+        summary = download(config(meta, photos, tmp_path, workers=1))  # one worker: a sleeping one would block all
+    assert summary.saved == 9
+    throttled_at = [at for path, at in slow.log]
+    fast_times = [at for path, at in fast.log]
+    assert throttled_at[1] - throttled_at[0] >= 2.0
+    assert max(fast_times) < throttled_at[1] and max(fast_times) - start < 1.5  # all done while the host waited
+
+
+def test_retry_after_over_max_wait_is_a_failure_grouped_by_host(tmp_path):
+    route = Route(JPEG, fail_times=5, fail_status=429, fail_headers={"Retry-After": "3600"})
+    with LoopbackServer({"/a.jpg": route, "/b.jpg": Route(JPEG)}) as server:
+        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg"), 2: server.url("b.jpg")})
+        host = server.base_url.removeprefix("http://")
+        start = time.monotonic()
+        summary = download(config(meta, photos, tmp_path, max_wait=60))
+    assert time.monotonic() - start < 5 and server.hits["/a.jpg"] == 1
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "http 429: Retry-After 3600 s, over --max-wait"
+    assert failure["host"] == host and summary.failed_hosts == {host: 1}
+    assert f"failed by host: {host}: 1" in summary.lines()
+
+
+def test_a_host_that_keeps_asking_to_wait_fails_after_the_retries(tmp_path):
+    route = Route(JPEG, fail_times=10, fail_status=429, fail_headers={"Retry-After": "0"})
+    with LoopbackServer({"/a.jpg": route}) as server:
+        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg")})
+        download(config(meta, photos, tmp_path, fetch=FetchConfig(timeout=5, retries=2)))
+    assert server.hits["/a.jpg"] == 3
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["reason"] == "http 429: Retry-After 0 s, still after 2 waits"
+
+
+@pytest.mark.parametrize("per_host", [1, 3])
+def test_concurrent_requests_to_one_host_never_exceed_per_host(tmp_path, per_host):
+    with LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(12)}, latency=0.15) as server:
+        meta, photos = write_meta(tmp_path, {i: server.url(f"{i}.jpg") for i in range(12)})
+        summary = download(config(meta, photos, tmp_path, workers=8, per_host=per_host))
+    assert summary.saved == 12
+    assert server.max_active == per_host  # reached, never passed
+
+
+def test_per_host_spreads_workers_over_hosts(tmp_path):
+    with LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(8)}, latency=0.15) as one, \
+            LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(8)}, latency=0.15) as two:
+        urls = {i: one.url(f"{i}.jpg") for i in range(8)} | {10 + i: two.url(f"{i}.jpg") for i in range(8)}
+        meta, photos = write_meta(tmp_path, urls)
+        download(config(meta, photos, tmp_path, workers=4, per_host=2))
+    assert one.max_active == two.max_active == 2  # 4 workers: 2 on each host at once
+
+
+def test_parse_retry_after_seconds_and_http_dates():
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30.0)
+    assert parse_retry_after(formatdate(999_000, usegmt=True), now=1_000_000) == 0.0  # a date in the past
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("-3") is None
+
+
+def test_host_queues_take_turns_cap_and_pause():
+    now = [0.0]
+    queues = HostQueues(per_host=2, limited=lambda host: host != "local", clock=lambda: now[0])
+    for i in range(4):
+        queues.add("a", f"a{i}")
+    queues.add("b", "b0")
+    queues.add("local", "l0")
+    queues.add("local", "l1")
+    queues.add("local", "l2")
+    taken = [queues.take() for _ in range(7)]
+    assert taken[:6] == [("a", "a0"), ("b", "b0"), ("local", "l0"), ("a", "a1"), ("local", "l1"), ("local", "l2")]
+    assert taken[6] is None  # "a" has 2 in flight: its cap; local sources have none
+    queues.done("a")
+    queues.pause("a", 5)
+    assert queues.take() is None and queues.next_wake() == 5
+    now[0] = 5.0
+    assert queues.take() == ("a", "a2")
+    with pytest.raises(ValueError, match="per_host must be at least 1, got 0"):
+        HostQueues(per_host=0)
