@@ -171,31 +171,59 @@ def test_cli_missing_photos_file_is_one_line_and_exit_2(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'photos.txt'}: photos file does not exist"
 
 
-def test_ctrl_c_keeps_finished_work_and_rerun_completes(tmp_path):
+def ctrl_c_dataset(tmp_path: Path, server: LoopbackServer, count: int) -> list[str]:
+    photos = tmp_path / "photos.txt"
+    photos.write_text("".join(f"{i:09d},{server.url(f'{i}.jpg')}\n" for i in range(count)))
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in range(count)]))
+    return [sys.executable, "-m", "downloader", "--meta", str(meta), "--photos", str(photos),
+            "--out", str(tmp_path / "out"), "--workers", "2", "--quiet"]
+
+
+def interrupt_while_in_flight(process: subprocess.Popen, server: LoopbackServer, out: Path, presses: int) -> str:
+    """Once 5 images are saved, press Ctrl-C while both workers wait on a reply; return stdout."""
+    deadline = time.monotonic() + 30
+    while (len(list((out / "shop").glob("*.jpg"))) < 5 or server.active < 2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.active == 2, "never saw two requests in flight"
+    for _ in range(presses):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 130 and "interrupted" in stdout
+    return stdout
+
+
+def test_ctrl_c_finishes_the_photos_in_flight_and_rerun_completes(tmp_path):
     picture = encode(make_image(30, 30), "JPEG")
     count = 40
-    with LoopbackServer({f"/{i}.jpg": Route(picture) for i in range(count)}, latency=0.1) as server:
-        photos = tmp_path / "photos.txt"
-        photos.write_text("".join(f"{i:09d},{server.url(f'{i}.jpg')}\n" for i in range(count)))
-        meta = tmp_path / "meta"
-        meta.mkdir()
-        (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in range(count)]))
-        args = [sys.executable, "-m", "downloader", "--meta", str(meta), "--photos", str(photos),
-                "--out", str(tmp_path / "out"), "--workers", "2", "--quiet"]
+    out = tmp_path / "out"
+    with LoopbackServer({f"/{i}.jpg": Route(picture) for i in range(count)}, latency=0.3) as server:
+        args = ctrl_c_dataset(tmp_path, server, count)
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while len(list((tmp_path / "out" / "shop").glob("*.jpg"))) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=30)
-        assert process.returncode == 130 and "interrupted" in stdout
-        first = read_jsonl(tmp_path / "out" / "manifest.jsonl")
-        on_disk = {f"shop/{p.name}" for p in (tmp_path / "out" / "shop").glob("*.jpg")}
+        interrupt_while_in_flight(process, server, out, presses=1)
+        first = read_jsonl(out / "manifest.jsonl")
+        on_disk = {f"shop/{p.name}" for p in (out / "shop").glob("*.jpg")}
         assert 5 <= len(first) < count and {r["path"] for r in first} == on_disk
-        assert not list((tmp_path / "out" / "shop").glob(".*"))  # no half-written image
+        requested = {f"shop{path.removesuffix('.jpg')}.jpg" for path in server.hits}
+        assert on_disk == requested  # every photo asked for, the two in flight included, was finished
+        assert not list((out / "shop").glob(".*"))  # no half-written image
 
         hits_before = sum(server.hits.values())
         rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert rerun.returncode == 0, rerun.stderr
         assert sum(server.hits.values()) - hits_before == count - len(first)
-        assert len(read_jsonl(tmp_path / "out" / "manifest.jsonl")) == count
+        assert len(read_jsonl(out / "manifest.jsonl")) == count
+
+
+def test_a_second_ctrl_c_abandons_the_photos_in_flight(tmp_path):
+    picture = encode(make_image(30, 30), "JPEG")
+    out = tmp_path / "out"
+    with LoopbackServer({f"/{i}.jpg": Route(picture) for i in range(40)}, latency=1.0) as server:
+        args = ctrl_c_dataset(tmp_path, server, 40)
+        process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        interrupt_while_in_flight(process, server, out, presses=2)
+        saved = {r["path"] for r in read_jsonl(out / "manifest.jsonl")}
+        requested = {f"shop{path.removesuffix('.jpg')}.jpg" for path in server.hits}
+        assert 1 <= len(requested - saved) <= 2 and saved == {f"shop/{p.name}" for p in (out / "shop").glob("*.jpg")}
