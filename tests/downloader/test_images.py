@@ -103,3 +103,14 @@ def test_decode_turns_any_pillow_failure_into_an_image_error():
     png[16:24] = b"\x00" * 8  # IHDR width and height zero: Pillow raises SyntaxError / ValueError
     with pytest.raises(ImageError):
         images.decode(bytes(png))
+
+
+def test_is_complete_jpeg_spots_empty_and_cut_files(tmp_path):
+    path = tmp_path / "a.jpg"
+    images.save_jpeg(make_image(), path)
+    assert images.is_complete_jpeg(path)
+    whole = path.read_bytes()
+    for broken in (b"", whole[:2], whole[: len(whole) // 2], whole[:-1]):
+        path.write_bytes(broken)
+        assert not images.is_complete_jpeg(path)
+    assert not images.is_complete_jpeg(tmp_path / "missing.jpg")
