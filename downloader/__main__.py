@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted before the download started; nothing was lost", file=sys.stderr)
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
         return 130
     for line in summary.lines():
         print(line)

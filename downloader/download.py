@@ -76,6 +76,8 @@ class DownloadConfig:
             raise FileNotFoundError(f"{self.photos}: photos file does not exist")
         if self.photos_dir is not None and not Path(self.photos_dir).is_dir():
             raise FileNotFoundError(f"{self.photos_dir}: photos folder does not exist")
+        if self.photos_archive is not None and not Path(self.photos_archive).is_file():
+            raise FileNotFoundError(f"{self.photos_archive}: photos archive does not exist")
         if self.mirror is not None and not self.mirror.startswith(("http://", "https://", "file://")):
             raise ValueError(f"--mirror must be an http://, https:// or file:// URL, got {self.mirror!r}")
         if self.mirror is not None and self.photos is None:
@@ -141,7 +143,7 @@ def download(config: DownloadConfig) -> DownloadSummary:
         common.LockHeld: another run is writing ``out`` (and not ``wait``).
     """
     config.validate()
-    with WriterLock(config.out, wait=config.wait):
+    with WriterLock(config.out.resolve(), wait=config.wait):
         return _download(config)
 
 

@@ -38,9 +38,6 @@ class HostQueues(Generic[Job]):
         self._paused: list[tuple[float, str]] = []  # heap of (until, host)
         self._until: dict[str, float] = {}
 
-    def __len__(self) -> int:
-        return sum(len(queue) for queue in self._queues.values())
-
     def add(self, host: str, job: Job, first: bool = False) -> None:
         queue = self._queues.setdefault(host, deque())
         queue.appendleft(job) if first else queue.append(job)
@@ -92,11 +89,3 @@ class HostQueues(Generic[Job]):
         """Seconds until the next paused host with queued jobs may run again (None: no such host)."""
         waits = [until for until, host in self._paused if self._queues.get(host) and self._until.get(host) == until]
         return max(0.0, min(waits) - self.clock()) if waits else None
-
-    def drain(self) -> list[Job]:
-        """Remove and return every queued job (the run is stopping)."""
-        jobs = [job for queue in self._queues.values() for job in queue]
-        self._queues.clear()
-        self._ready.clear()
-        self._in_ready.clear()
-        return jobs

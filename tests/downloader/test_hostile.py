@@ -199,3 +199,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, extra, message):
                             env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert result.stderr.strip() == message
+
+
+def test_out_given_as_the_current_folder_is_locked_beside_it(hostile, tmp_path, monkeypatch):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, GOOD)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    summary = download(config(meta, photos, Path(".")))  # regression: "." has no name to put ".lock" after
+    assert summary.saved == 2 and (tmp_path / "out" / "shop" / "1.jpg").exists()
+    assert not (tmp_path / "out.lock").exists()  # released

@@ -74,6 +74,7 @@ def test_save_jpeg_is_atomic_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["b.jpg"]
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("width, height", [
     (40_000, 40_000),  # Pillow raises DecompressionBombError (over twice its limit)
     (10_000, 9_000),  # Pillow only warns (between its limit and twice it)
