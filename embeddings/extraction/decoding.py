@@ -95,12 +95,17 @@ class DecodePool:
         self.chunk = max(1, -(-batch_size // self.workers))
         self._pool: ProcessPoolExecutor | None = None
         self._generation = 0  # counts pools started, so that one death restarts the pool once
+        self._decoded_any = False
 
     def _submit(self, chunk: list[tuple[str, str]]) -> Future:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_ignore_interrupt)
             self._generation += 1
-        future = self._pool.submit(decode_chunk, chunk, self.size, self.decode)
+        try:
+            future = self._pool.submit(decode_chunk, chunk, self.size, self.decode)
+        except BrokenProcessPool:  # a worker died since the last submit: its result will say so
+            future = Future()
+            future.set_exception(BrokenProcessPool("a decoding process died"))
         future.generation = self._generation  # type: ignore[attr-defined]
         return future
 
@@ -108,8 +113,15 @@ class DecodePool:
         """The chunk's result; if its worker died, restart the pool and retry (then give up on the chunk)."""
         for attempt in range(RETRIES + 1):
             try:
-                return future.result()
+                result = future.result()
+                self._decoded_any = True
+                return result
             except BrokenProcessPool:
+                if not self._decoded_any:
+                    self.close()
+                    raise RuntimeError(
+                        "the decoding processes died before decoding anything; a script that builds vectors "
+                        "needs the `if __name__ == \"__main__\":` guard (they import the main module)") from None
                 if future.generation == self._generation:  # type: ignore[attr-defined]
                     logger.warning("a decoding process died; restarting the decoding processes")
                     self.close()

@@ -18,7 +18,7 @@ from common import read_manifest
 
 from .backbones import Backbone
 from .cache import CacheWriter
-from .distributor import ENGINES, open_engine
+from .distributor import ENGINES, Engine, open_engine
 from .extractor import Extractor
 from .precision import check_precision
 from .preprocess import DEFAULT_DECODE, check_decode
@@ -129,10 +129,10 @@ def list_items(config: BuildConfig) -> tuple[list[tuple[str, Path, str | None]],
     return items, []
 
 
-def build(config: BuildConfig, extractor: Extractor | None = None) -> BuildSummary:
+def build(config: BuildConfig, extractor: Extractor | None = None, engine: Engine | None = None) -> BuildSummary:
     """Compute the vectors missing from ``config.out``; a rerun after any stop computes only the rest.
 
-    ``extractor`` (local engine only) replaces the one the configuration describes.
+    ``extractor`` (local engine) or ``engine`` (any; closed at the end) replaces what the configuration describes.
 
     Raises:
         FileNotFoundError, ValueError: bad configuration.
@@ -147,7 +147,7 @@ def build(config: BuildConfig, extractor: Extractor | None = None) -> BuildSumma
     labelled = config.images is not None and bool(items) and all(label is not None for _, _, label in items)
     summary = BuildSummary(total=len(items), problems=problems)
     labels = {key: label for key, _, label in items}
-    engine = open_engine(config, extractor)
+    engine = engine or open_engine(config, extractor)
     start = time.perf_counter()
     try:
         with CacheWriter(config.out, engine.describe(), labelled=labelled, wait=config.wait) as writer:
@@ -160,7 +160,7 @@ def build(config: BuildConfig, extractor: Extractor | None = None) -> BuildSumma
     return summary
 
 
-def _run(engine, todo: list[tuple[str, Path]], writer: CacheWriter, labels: dict[str, str | None] | None,
+def _run(engine: Engine, todo: list[tuple[str, Path]], writer: CacheWriter, labels: dict[str, str | None] | None,
          summary: BuildSummary, progress: bool) -> None:
     """Append every batch the engine finishes; Ctrl-C keeps what is written and stops."""
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)

@@ -84,3 +84,157 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path):
                              "--out", str(tmp_path / "v.h5")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'm.jsonl'}: manifest does not exist"
+
+
+def bomb_png(width: int = 40000, height: int = 40000) -> bytes:
+    """A PNG whose header declares ``width x height`` pixels, with almost no data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_skipped_as_unreadable_and_the_build_goes_on(tiny_extractor, tmp_path):
+    manifest = write_manifest(tmp_path, 4)
+    (tmp_path / "out" / "shop" / "1.jpg").write_bytes(bomb_png())
+    summary = build(BuildConfig(out=tmp_path / "v.h5", manifest=manifest, batch_size=2), tiny_extractor)
+    assert summary.computed == 3
+    assert [key for key, _ in summary.failures] == ["shop/1.jpg"]
+    assert "too large" in summary.failures[0][1]
+    assert sorted(read_vectors(tmp_path / "v.h5").ids) == ["shop/0.jpg", "shop/2.jpg", "shop/3.jpg"]
+
+
+def hostile_manifest(tmp_path: Path) -> Path:
+    """Two good lines, then lines that must never be embedded: outside paths, not JSON, no kind."""
+    manifest = write_manifest(tmp_path, 2)
+    outside = tmp_path / "x.jpg"
+    make_image(40, 40, seed=9).save(outside)
+    lines = [{"path": "../x.jpg", "kind": "shop", "photo": 7, "product": 7, "category": "bags"},
+             {"path": str(outside), "kind": "shop", "photo": 8, "product": 8, "category": "bags"}]
+    with manifest.open("a") as handle:
+        handle.write("".join(json.dumps(line) + "\n" for line in lines))
+        handle.write('["a list"]\n{"path": "shop/0.jpg", "photo": 0, "product": 0, "category": "bags"}\n')
+    return manifest
+
+
+def test_bad_manifest_lines_are_skipped_and_reported_with_file_and_line(tiny_extractor, tmp_path):
+    manifest = hostile_manifest(tmp_path)
+    summary = build(BuildConfig(out=tmp_path / "v.h5", manifest=manifest), tiny_extractor)
+    assert sorted(read_vectors(tmp_path / "v.h5").ids) == ["shop/0.jpg", "shop/1.jpg"]
+    assert [p.split(": ")[0] for p in summary.problems] == [f"{manifest}:{n}" for n in (3, 4, 5, 6)]
+    assert "leaves the manifest's folder" in summary.problems[0] and "absolute" in summary.problems[1]
+    assert any("bad manifest lines skipped: 4" in line for line in summary.lines())
+
+
+def test_strict_makes_a_bad_manifest_line_a_one_line_error(tmp_path):
+    manifest = hostile_manifest(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "embeddings.build", "--manifest", str(manifest), "--strict",
+                             "--out", str(tmp_path / "v.h5"), "--weights", "none"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {manifest}:3: 'path' '../x.jpg' leaves the manifest's folder"]
+    assert not (tmp_path / "v.h5").exists()
+
+
+def test_a_cache_refuses_vectors_of_another_decoding_or_precision(tiny_extractor, tmp_path):
+    from embeddings import CacheError, Extractor
+    from tests.conftest import TINY
+
+    manifest = write_manifest(tmp_path, 2)
+    build(BuildConfig(out=tmp_path / "v.h5", manifest=manifest), tiny_extractor)
+    assert read_vectors(tmp_path / "v.h5").attrs["decode"] == "exact"
+    assert read_vectors(tmp_path / "v.h5").attrs["precision"] == "float32"
+    for options in ({"decode": "fast"}, {"precision": "bfloat16"}):
+        other = Extractor(TINY, weights=None, **options)
+        key, value = next(iter(options.items()))
+        with pytest.raises(CacheError, match=rf"{key}: expected '{value}', found '"):
+            build(BuildConfig(out=tmp_path / "v.h5", manifest=manifest), other)
+    assert len(read_vectors(tmp_path / "v.h5").ids) == 2
+
+
+def test_a_second_build_on_the_same_cache_is_refused_and_nothing_is_lost(tiny_extractor, tmp_path):
+    import threading
+
+    from common import LockHeld
+    from embeddings.build import main
+
+    first = write_manifest(tmp_path / "a", 12)
+    second = write_manifest(tmp_path / "b", 6)
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(type(tiny_extractor)):
+        def batches(self, items):
+            for number, batch in enumerate(tiny_extractor.batches(items)):
+                if number == 1:
+                    started.set()
+                    release.wait(30)
+                yield batch
+
+    slow = Slow.__new__(Slow)
+    slow.__dict__.update(tiny_extractor.__dict__)
+    results = {}
+    runner = threading.Thread(target=lambda: results.update(
+        a=build(BuildConfig(out=tmp_path / "v.h5", manifest=first, batch_size=4), slow)))
+    runner.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(LockHeld, match="another run is writing it"):
+            build(BuildConfig(out=tmp_path / "v.h5", manifest=second), tiny_extractor)
+        assert main(["--manifest", str(second), "--out", str(tmp_path / "v.h5"), "--weights", "none",
+                     "--backbone", "mobilenet_v2", "--quiet"]) == 2
+    finally:
+        release.set()
+        runner.join(60)
+    assert results["a"].computed == 12
+    assert sorted(read_vectors(tmp_path / "v.h5").ids) == sorted(f"shop/{i}.jpg" for i in range(12))
+
+
+def test_the_local_engine_never_imports_ray(tmp_path):
+    manifest = write_manifest(tmp_path, 2)
+    code = ("import sys; from embeddings import build, BuildConfig, Extractor; from tests.conftest import TINY; "
+            f"s = build(BuildConfig(out={str(tmp_path / 'v.h5')!r}, manifest={str(manifest)!r}), Extractor(TINY, None)); "
+            "assert s.computed == 2; print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    script = tmp_path / "run.py"
+    script.write_text(f"if __name__ == '__main__':\n    {code}\n")
+    result = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ctrl_c_keeps_finished_batches_and_a_rerun_completes(tmp_path):
+    import os
+    import signal
+    import time
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(120):
+        make_image(48, 40, seed=index).save(folder / f"{index:03d}.jpg")
+    command = [sys.executable, "-m", "embeddings.build", "--images", str(folder), "--out", str(tmp_path / "v.h5"),
+               "--backbone", "mobilenet_v2", "--weights", "none", "--batch-size", "2", "--quiet"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if len(read_vectors(tmp_path / "v.h5").ids) >= 4:
+                break
+        except Exception:  # noqa: BLE001 (not created yet)
+            pass
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    kept = len(read_vectors(tmp_path / "v.h5").ids)
+    assert 4 <= kept < 120
+    assert "run the same command to resume" in out
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"already cached: {kept}; computed: {120 - kept}" in again.stdout
+    assert sorted(read_vectors(tmp_path / "v.h5").ids) == sorted(f"{i:03d}.jpg" for i in range(120))
