@@ -193,11 +193,54 @@ def _open_source(config: DownloadConfig, urls: dict[int, str], fetcher: Fetcher)
     return sources[0] if len(sources) == 1 else ChainSource(sources)
 
 
+@dataclass
+class _Recorder:
+    """Puts each photo's outcome into the records and the summary (called in the scheduling thread only)."""
+
+    manifest: RecordFile
+    failures: RecordFile
+    failed_before: dict[int, list]
+    summary: DownloadSummary
+    bar: tqdm
+
+    def __call__(self, job: PhotoJob, outcome: Outcome) -> None:
+        for key in self.failed_before.pop(job.photo, ()):
+            self.failures.discard(key)
+        for output in outcome.saved:
+            self.manifest.add(output.record)
+        for item in outcome.failures:
+            self.failures.add(item)
+            self.summary.failed[item["reason"].split(":")[0]] += 1
+            self.summary.failed_hosts[item["host"] or "-"] += 1
+        self.summary.saved += len(outcome.saved)
+        self.bar.update(1)
+        self.bar.set_postfix(saved=self.summary.saved, failed=sum(self.summary.failed.values()), refresh=False)
+
+
+def _queue(todo: list[PhotoJob], source: Source, per_host: int, record: _Recorder) -> HostQueues[PhotoJob]:
+    """Find each photo in the source (one found nowhere is a failure) and queue it under its host."""
+    network: set[str] = set()
+    queues: HostQueues[PhotoJob] = HostQueues(per_host, limited=network.__contains__)
+    for job in todo:
+        job.location = source.locate(job.photo)
+        if job.location is None:
+            record(job, Outcome(failures=[failure(job, source.missing, host=source.name)]))
+    located = sorted((job for job in todo if job.location), key=lambda job: job.location.order)
+    for job in located:
+        if job.location.limited:
+            network.add(job.location.host)
+        queues.add(job.location.host, job)
+    source.expect([job.location for job in located])
+    return queues
+
+
 def _download(config: DownloadConfig) -> DownloadSummary:
     urls = read_photos(config.photos) if config.photos is not None else {}
     local = config.photos_dir is not None or config.photos_archive is not None
     meta = read_metadata(config.meta, config.categories, config.splits, None if local else set(urls),
                          config.strict, config.shop)
+    interrupts = Interrupts(threading.Event())
+    source = _open_source(config, urls, Fetcher(config.fetch, interrupts.stop))
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / PROBLEMS, [{"file": p.file, "entry": p.entry, "photo": p.photo, "problem": p.message}
@@ -211,38 +254,12 @@ def _download(config: DownloadConfig) -> DownloadSummary:
         failed_before[item["photo"]].append(_failure_key(item))
     jobs = plan_jobs(meta.pairs, meta.shop)
     summary.photos = len(jobs)
-    todo = _select(jobs, out, manifest, failed_before, config.retry_failed, summary)
-
-    interrupts = Interrupts(threading.Event())
-    source = _open_source(config, urls, Fetcher(config.fetch, interrupts.stop))
-    bar = tqdm(total=len(todo), unit="photo", desc="download", disable=not config.progress, dynamic_ncols=True)
-
-    def record(job: PhotoJob, outcome: Outcome) -> None:
-        for key in failed_before.pop(job.photo, ()):
-            failures.discard(key)
-        for output in outcome.saved:
-            manifest.add(output.record)
-        for item in outcome.failures:
-            failures.add(item)
-            summary.failed[item["reason"].split(":")[0]] += 1
-            summary.failed_hosts[item["host"] or "-"] += 1
-        summary.saved += len(outcome.saved)
-        bar.update(1)
-        bar.set_postfix(saved=summary.saved, failed=sum(summary.failed.values()), refresh=False)
-
+    bar = tqdm(total=0, unit="photo", desc="download", disable=not config.progress, dynamic_ncols=True)
+    record = _Recorder(manifest, failures, failed_before, summary, bar)
     try:
-        network: set[str] = set()
-        queues: HostQueues[PhotoJob] = HostQueues(config.per_host, limited=lambda host: host in network)
-        for job in todo:
-            job.location = source.locate(job.photo)
-            if job.location is None:
-                record(job, Outcome(failures=[failure(job, source.missing, host=source.name)]))
-        located = sorted((job for job in todo if job.location), key=lambda job: job.location.order)
-        for job in located:
-            if job.location.limited:
-                network.add(job.location.host)
-            queues.add(job.location.host, job)
-        source.expect([job.location for job in located])
+        todo = _select(jobs, out, manifest, failed_before, config.retry_failed, summary)
+        bar.reset(total=len(todo))
+        queues = _queue(todo, source, config.per_host, record)
         with interrupts:
             run_jobs(queues, Worker(out, config.fetch.retries, config.max_wait), config.workers, record, interrupts)
         summary.interrupted = interrupts.requested
