@@ -1,9 +1,11 @@
-"""Search shop photos for a street photo: an index of shop embeddings, exact fast ranking, evaluation."""
+"""Search shop photos for a street photo: an index of shop embeddings, exact or approximate ranking, evaluation."""
 
 from .engine import Match, SearchEngine
-from .topk import Report, evaluate
-from .store import IndexData, IndexFileError, build_index, load_index, save_index
 from .ranking import Ranker
+from .store import IndexData, IndexFileError, load_index, save_index
+from .topk import Report, evaluate
+from .tuning import AnnConfig
+from .writer import build_index, remove_products
 
-__all__ = ["IndexData", "IndexFileError", "Match", "Ranker", "Report", "SearchEngine", "build_index", "evaluate",
-           "load_index", "save_index"]
+__all__ = ["AnnConfig", "IndexData", "IndexFileError", "Match", "Ranker", "Report", "SearchEngine", "build_index",
+           "evaluate", "load_index", "remove_products", "save_index"]

@@ -12,8 +12,8 @@ import numpy as np
 from downloader.metadata import BBox
 from embeddings.extraction.preprocess import ImageSource
 
-from .store import IndexData, IndexFileError, load_index
 from .ranking import Ranker
+from .store import IndexData, IndexFileError, load_index
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,27 @@ class SearchEngine:
             raise IndexFileError("the index is empty: nothing to search")
         self.index = index
         self.head = head
-        self._extractor = extractor
         self._weights = weights
         self._lock = threading.Lock()
-        self.ranker = Ranker(index.embeddings, index.attrs.get("metric", "euclidean"))
+        if extractor is not None:
+            self._check_extractor(extractor)
+        self._extractor = extractor
+        metric = index.attrs.get("metric", "euclidean")
+        if index.approximate:
+            from .ann import AnnRanker
+
+            self.ranker: Any = AnnRanker(index, metric)
+        else:
+            self.ranker = Ranker(index.embeddings, metric)
         self.slices = index.category_slices()
+
+    def _check_extractor(self, extractor: Any) -> None:
+        """Raise ``CacheError`` unless ``extractor`` makes vectors as the index's were made (expected vs actual)."""
+        from embeddings.extraction.cache import check_identity
+
+        backbone = self.index.attrs["backbone"]
+        check_identity("the query extractor", extractor.describe(),
+                       {k: v for k, v in backbone.items() if k != "weights_file"})
 
     @classmethod
     def load(cls, path: str | Path, head: str | Path | None = None, weights: str | Path | None = None,
@@ -100,11 +116,10 @@ class SearchEngine:
                 from embeddings.extraction.extractor import Extractor
 
                 backbone = self.index.attrs["backbone"]
-                self._extractor = Extractor(backbone["backbone"], _weights_for(backbone, self._weights))
-                from embeddings.extraction.cache import check_identity
-
-                check_identity("the query extractor", self._extractor.describe(),
-                               {k: v for k, v in backbone.items() if k != "weights_file"})
+                options = {key: backbone[key] for key in ("decode", "precision") if key in backbone}
+                made = Extractor(backbone["backbone"], _weights_for(backbone, self._weights), **options)
+                self._check_extractor(made)  # checked before it is kept: a mismatch is never used later
+                self._extractor = made
             return self._extractor
 
     def embed_images(self, images: Sequence[ImageSource], bboxes: Sequence[BBox | None] | None = None) -> np.ndarray:
@@ -147,6 +162,8 @@ class SearchEngine:
             for query, row_list, dist_list, score_list in zip(pending, rows, distances, scores):
                 matches, seen = [], set()
                 for row, distance, score in zip(row_list, dist_list, score_list):
+                    if row < 0:  # an approximate index found fewer rows
+                        break
                     product = int(self.index.products[row])
                     if distinct_products and product in seen:
                         continue

@@ -35,20 +35,33 @@ class Ranker:
                  scratch_bytes: int = 32 * 1024 * 1024) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not isinstance(vectors, np.memmap):
+            vectors = np.ascontiguousarray(vectors, dtype=np.float16 if vectors.dtype == np.float16 else np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"expected an N x D matrix, got shape {vectors.shape}")
         self.vectors = vectors
         self.metric = metric
         self.slack = slack
         self.scratch_bytes = scratch_bytes
-        norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        norms = self._norms()
         self._max_norm = float(np.sqrt(norms.max())) if len(norms) else 0.0
         if metric == "euclidean":
             self._offset = norms.astype(np.float32)  # |x|^2: with -2 q.x, orders like the distance
         else:
             with np.errstate(divide="ignore"):
                 self._scale = np.where(norms > 0, 1 / np.sqrt(norms), 0).astype(np.float32)
+
+    def _norms(self) -> np.ndarray:
+        """Squared norms in float64, a chunk at a time (float16 or memory-mapped rows are never copied whole)."""
+        chunk = max(1, self.scratch_bytes // (8 * max(self.dim, 1)))
+        return np.concatenate([np.einsum("ij,ij->i", block, block, dtype=np.float64)
+                               for block in (self._rows(b, b + chunk) for b in range(0, len(self.vectors), chunk))]
+                              or [np.zeros(0)])
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (a view when stored so, else a converted copy)."""
+        block = self.vectors[start:stop]
+        return block if block.dtype == np.float32 else block.astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -59,7 +72,7 @@ class Ranker:
 
     def _partial(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray:
         """A score per (query, row) that orders rows as the distance does, for rows ``start:stop``."""
-        scores = queries @ self.vectors[start:stop].T
+        scores = queries @ self._rows(start, stop).T
         if self.metric == "euclidean":
             scores *= -2
             scores += self._offset[start:stop]
@@ -78,14 +91,22 @@ class Ranker:
 
     def _rank_all(self, query: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Float64 distances to every row of the range, chunked; the k nearest."""
-        chunk = max(1, self.scratch_bytes // (8 * self.dim * 2))
+        chunk = max(1, self.scratch_bytes // (8 * self.dim * 3))
         distances = np.concatenate([self.exact(query[None], np.arange(b, min(stop, b + chunk))[None])[0]
                                     for b in range(start, stop, chunk)])
         order = np.lexsort((np.arange(len(distances)), distances))[:k]
         return order + start, distances[order]
 
     def exact(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``cdist`` distances (float64) between each query and its own candidate ``rows`` (Q x C)."""
+        """``cdist`` distances (float64) between each query and its own candidate ``rows`` (Q x C), a block
+        of queries at a time so that the float64 copies stay within ``scratch_bytes``."""
+        block = max(1, self.scratch_bytes // (3 * 8 * self.dim * max(rows.shape[1], 1)))
+        if len(queries) <= block:
+            return self._exact(queries, rows)
+        return np.concatenate([self._exact(queries[b:b + block], rows[b:b + block])
+                               for b in range(0, len(queries), block)])
+
+    def _exact(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         q = queries.astype(np.float64)[:, None, :]
         x = self.vectors[rows].astype(np.float64)
         if self.metric == "euclidean":
@@ -112,7 +133,8 @@ class Ranker:
             raise ValueError(f"nothing to rank: rows {start}:{stop} of an index of {len(self.vectors)}")
         total = stop - start
         keep = min(total, k + self.slack)
-        chunk = max(keep, self.scratch_bytes // (16 * max(len(queries), 1)))  # scores, indices, copies
+        chunk = max(keep, self.scratch_bytes // (16 * max(len(queries), 1) + (4 * self.dim if
+                                                                                self.vectors.dtype != np.float32 else 0)))
         rows_found, scores_found = [], []
         for begin in range(start, stop, chunk):
             end = min(stop, begin + chunk)

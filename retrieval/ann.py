@@ -1,0 +1,137 @@
+"""Approximate search over an index's FAISS parts, with the exact ranker's interface.
+
+Each category with a FAISS part is searched through it (removed rows skipped by an ID selector),
+the others exactly; FAISS proposes candidates and their distances are then computed exactly in
+float64 from the stored embeddings (as ``cdist`` would), so distances and scores mean the same as
+in an exact index. Cosine indexes hold unit-length vectors in FAISS (L2 then orders like cosine).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from .ranking import Ranker
+from .store import AnnPart, IndexData
+from .tuning import AnnConfig, build_part, depth, search_params
+
+logger = logging.getLogger(__name__)
+
+STALE_SHARE = 0.2  # rows added after training beyond which a rebuild is advised
+
+
+def for_faiss(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """float32 rows as FAISS sees them: unit length for cosine, as they are for Euclidean."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.where(norms > 0, norms, 1)
+    return vectors
+
+
+def serialize(index: Any) -> np.ndarray:
+    import faiss
+
+    return faiss.serialize_index(index)
+
+
+def deserialize(blob: np.ndarray) -> Any:
+    import faiss
+
+    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+
+
+def make_part(vectors: np.ndarray, metric: str, factory: str, config: AnnConfig) -> tuple[AnnPart, np.ndarray]:
+    """A tuned FAISS part over one category's rows; returns it and the FAISS id of each row (0..n-1)."""
+    index, info = build_part(for_faiss(vectors, metric), factory, config)
+    return AnnPart(serialize(index), np.zeros(0, np.int64), info), np.arange(len(vectors), dtype=np.int64)
+
+
+def extend_part(part: AnnPart, vectors: np.ndarray, metric: str, category: str) -> tuple[AnnPart, np.ndarray]:
+    """Add rows to a part without retraining; returns it and the new rows' FAISS ids. Warns when the rows
+    added since training are so many that the quantiser no longer describes the data well."""
+    index = deserialize(part.blob)
+    first = index.ntotal
+    for start in range(0, len(vectors), 1 << 16):
+        index.add(for_faiss(vectors[start:start + (1 << 16)], metric))
+    info = dict(part.info, rows=int(index.ntotal), added_rows=int(part.info.get("added_rows", 0) + len(vectors)))
+    if info["added_rows"] > STALE_SHARE * info["trained_rows"] and not info["factory"].startswith("HNSW"):
+        logger.warning("category %s: %d rows added since its %s quantiser was trained on %d: its lists are getting "
+                       "stale; rebuild the index (python -m retrieval.index without --add) for full recall",
+                       category, info["added_rows"], info["factory"], info["trained_rows"])
+    return AnnPart(serialize(index), part.removed, info), np.arange(first, index.ntotal, dtype=np.int64)
+
+
+class AnnRanker:
+    """``search(queries, k, start, stop)`` like ``Ranker``, over FAISS parts where the index has them.
+
+    A range must be whole categories (the engine asks for one category or all); results may hold fewer
+    than k rows where FAISS finds fewer (padded with row -1, distance inf).
+    """
+
+    def __init__(self, index: IndexData, metric: str) -> None:
+        self.index, self.metric = index, metric
+        self.slices = index.category_slices()
+        self.exact = Ranker(np.zeros((0, index.embeddings.shape[1]), np.float32), metric)
+        self.exact.vectors = index.embeddings  # exact distances of candidates only: never scanned whole
+        self._parts: dict[str, tuple[Any, Any, np.ndarray, Any]] = {}
+        self._rankers: dict[str, Ranker] = {}
+        for category, (start, stop) in self.slices.items():
+            part = index.ann.get(category)
+            if part is None:
+                self._rankers[category] = Ranker(index.embeddings[start:stop], metric)
+                continue
+            faiss_index = deserialize(part.blob)
+            to_row = np.full(faiss_index.ntotal, -1, dtype=np.int64)
+            to_row[index.ann_ids[start:stop]] = np.arange(start, stop)
+            selector = _selector(part.removed)
+            params = search_params(faiss_index, part.info.get("value", 0), selector)
+            self._parts[category] = (faiss_index, selector, to_row, params)
+
+    def _category(self, queries: np.ndarray, k: int, category: str) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = self.slices[category]
+        if category in self._rankers:
+            rows, distances = self._rankers[category].search(queries, k)
+            return rows + start, distances
+        faiss_index, _, to_row, params = self._parts[category]
+        _, found = faiss_index.search(for_faiss(queries, self.metric), min(stop - start, depth(k)), params=params)
+        rows = np.where(found >= 0, to_row[np.clip(found, 0, None)], -1)
+        distances = np.full(rows.shape, np.inf)
+        valid = rows >= 0
+        if valid.any():
+            exact = self.exact.exact(queries, np.where(valid, rows, 0))
+            distances = np.where(valid, exact, np.inf)
+        order = np.lexsort((np.where(valid, rows, np.iinfo(np.int64).max), distances), axis=1)[:, :k]
+        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+    def search(self, queries: np.ndarray, k: int = 10, start: int = 0,
+               stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest rows of the categories in ``start:stop``: ``(rows, distances)``, nearest first."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        stop = len(self.index) if stop is None else stop
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        inside = [c for c, (a, b) in self.slices.items() if start <= a and b <= stop]
+        if not inside:
+            raise ValueError(f"nothing to rank: rows {start}:{stop} hold no whole category")
+        found = [self._category(queries, k, c) for c in inside]
+        rows = np.concatenate([f[0] for f in found], axis=1)
+        distances = np.concatenate([f[1] for f in found], axis=1)
+        order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), distances), axis=1)
+        order = order[:, : min(k, stop - start)]
+        return np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)
+
+
+def _selector(removed: np.ndarray) -> Any:
+    """Skip removed FAISS ids (None when nothing was removed)."""
+    if not len(removed):
+        return None
+    import faiss
+
+    removed = np.ascontiguousarray(removed, dtype=np.int64)
+    batch = faiss.IDSelectorBatch(len(removed), faiss.swig_ptr(removed))
+    selector = faiss.IDSelectorNot(batch)
+    selector.referenced = (batch, removed)  # keep the C++ objects' inputs alive
+    return selector

@@ -1,0 +1,226 @@
+"""Approximate indexes (FAISS): recall against brute force, removal, add, category filter, identity, old files."""
+
+import json
+import logging
+
+import h5py
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from embeddings import Vectors, write_vectors
+from retrieval import AnnConfig, SearchEngine, build_index, load_index, remove_products
+from retrieval.index import main as index_main
+from tests.retrieval.conftest import ATTRS
+
+DIM = 16
+
+
+def clustered(count: int, seed: int) -> np.ndarray:
+    """Vectors near a few low-dimensional clusters, as real embeddings are (uniform noise has no neighbours)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, DIM)) * 4
+    basis = rng.normal(size=(4, DIM))
+    return (centres[rng.integers(0, 20, count)] + rng.normal(size=(count, 4)) @ basis
+            + 0.05 * rng.normal(size=(count, DIM))).astype(np.float32)
+
+
+def write_catalogue(root, counts=(("bags", 1500), ("dresses", 700)), seed=0, photo_base=0):
+    """A manifest of shop photos (two per product) and their vector cache; returns (cache, manifest, vectors)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines, ids = [], []
+    for category, count in counts:
+        for number in range(count):
+            photo = photo_base + len(ids)
+            path = f"shop/{photo}.jpg"
+            lines.append(json.dumps({"path": path, "kind": "shop", "photo": photo, "product": photo // 2,
+                                     "category": category, "split": "train", "bbox": None}) + "\n")
+            ids.append(path)
+    vectors = clustered(len(ids), seed)
+    (root / "manifest.jsonl").write_text("".join(lines))
+    write_vectors(root / "vectors.h5", Vectors(np.array(ids, dtype=object), vectors, dict(ATTRS, dim=DIM)))
+    return root / "vectors.h5", root / "manifest.jsonl", vectors
+
+
+def near(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Queries from the catalogue's distribution: its rows, moved a little."""
+    rng = np.random.default_rng(seed)
+    return (vectors[rng.choice(len(vectors), count)] + 0.3 * rng.normal(size=(count, DIM))).astype(np.float32)
+
+
+@pytest.fixture
+def catalogue(tmp_path):
+    return write_catalogue(tmp_path / "data")
+
+
+def config(method, **more):
+    return AnnConfig(method, target_recall=0.95, exact_below=100, train_rows=1000, tune_queries=100, **more)
+
+
+def brute_force(index, queries, k, start, stop):
+    distances = cdist(queries, np.asarray(index.embeddings[start:stop], np.float64), index.attrs["metric"])
+    return np.argsort(distances, axis=1, kind="stable")[:, :k] + start
+
+
+def recall(found, truth):
+    return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+
+
+@pytest.mark.parametrize("method", ["HNSW16", "IVF32,Flat", "IVF32,PQ4", "auto"])
+def test_recall_against_brute_force_for_each_kind(catalogue, tmp_path, method):
+    cache, manifest, vectors = catalogue
+    index, _ = build_index(cache, manifest, tmp_path / "index.h5", ann=config(method))
+    assert index.approximate and set(index.attrs["ann"]) == {"bags", "dresses"}
+    info = index.attrs["ann"]["bags"]
+    assert info["factory"] == (method if method != "auto" else "HNSW32") and info["recall"] >= 0.95
+    assert info["query_ms"] > 0 and info["param"] in ("efSearch", "nprobe")
+    engine = SearchEngine.load(tmp_path / "index.h5")
+    queries = near(vectors, 60, seed=7)
+    for category, (start, stop) in engine.slices.items():
+        rows, distances = engine.ranker.search(queries, 10, start, stop)
+        assert recall(rows, brute_force(engine.index, queries, 10, start, stop)) >= 0.9
+        exact = cdist(queries, np.asarray(engine.index.embeddings, np.float64)[rows[0]], "cosine")[0]
+        np.testing.assert_allclose(distances[0], exact, rtol=1e-9)  # distances are exact, as in cdist
+        assert (np.diff(distances, axis=1) >= 0).all()
+
+
+def test_category_filter_and_products_once(catalogue, tmp_path):
+    cache, manifest, vectors = catalogue
+    build_index(cache, manifest, tmp_path / "index.h5", ann=config("HNSW16"))
+    engine = SearchEngine.load(tmp_path / "index.h5")
+    query = vectors[1600] + 0.01  # a dress
+    for category in ("bags", "dresses"):
+        matches = engine.search_embeddings(query, k=10, category=category)[0]
+        assert len(matches) == 10 and {m.category for m in matches} == {category}
+        assert len({m.product for m in matches}) == 10
+    assert engine.search_embeddings(query, k=1)[0][0].photo == 1600
+    everywhere = engine.ranker.search(query[None], 10)[0][0]
+    start, stop = 0, len(engine.index)
+    assert recall([everywhere], brute_force(engine.index, query[None], 10, start, stop)) >= 0.9
+
+
+@pytest.mark.parametrize("method", ["exact", "HNSW16", "IVF32,PQ4"])
+def test_removal_in_place(catalogue, tmp_path, method, capsys):
+    cache, manifest, vectors = catalogue
+    build_index(cache, manifest, tmp_path / "index.h5", ann=config(method))
+    before = load_index(tmp_path / "index.h5")
+    gone = [0, 5, 400, 760, 1000]  # products: two photos each
+    (tmp_path / "gone.txt").write_text("760\n1000\n")
+    assert index_main(["--out", str(tmp_path / "index.h5"), "--remove-products", "0,5,400",
+                       "--remove-products-file", str(tmp_path / "gone.txt")]) == 0
+    assert "10 photos removed" in capsys.readouterr().out
+    after = load_index(tmp_path / "index.h5")
+    assert len(after) == len(before) - 10 and not np.isin(after.products, gone).any()
+    kept = ~np.isin(before.products, gone)
+    assert sorted(after.id_list()) == sorted(np.array(before.id_list())[kept].tolist())
+    row = after.id_list().index("shop/3.jpg")
+    np.testing.assert_array_equal(after.embeddings[row], before.embeddings[before.id_list().index("shop/3.jpg")])
+    engine = SearchEngine.load(tmp_path / "index.h5")
+    removed_vectors = vectors[[0, 1, 10, 11, 800, 801, 1520, 1521, 2000, 2001]]
+    for matches in engine.search_embeddings(removed_vectors, k=20):
+        assert not {m.product for m in matches} & set(gone)  # removed products never come back
+    queries = near(vectors, 40, seed=3)
+    start, stop = engine.slices["bags"]
+    rows, _ = engine.ranker.search(queries, 10, start, stop)
+    assert recall(rows, brute_force(engine.index, queries, 10, start, stop)) >= 0.9
+    assert remove_products(tmp_path / "index.h5", [999999])[1] == 0
+
+
+def test_add_to_an_approximate_index_without_retraining(tmp_path, caplog):
+    cache, manifest, vectors = write_catalogue(tmp_path / "data")
+    lines = manifest.read_text().splitlines(keepends=True)
+    (tmp_path / "data" / "first.jsonl").write_text("".join(lines[:1000] + lines[1500:1900]))
+    build_index(cache, tmp_path / "data" / "first.jsonl", tmp_path / "index.h5", ann=config("IVF16,Flat"))
+    first = load_index(tmp_path / "index.h5")
+    with caplog.at_level(logging.WARNING):
+        index, added = build_index(cache, manifest, tmp_path / "index.h5", add=True)
+    assert added == 800 and len(index) == 2200
+    info = index.attrs["ann"]["bags"]
+    assert info["trained_rows"] == 1000 and info["added_rows"] == 500 and info["rows"] == 1500
+    assert "stale" in caplog.text and "rebuild" in caplog.text
+    engine = SearchEngine.load(tmp_path / "index.h5")
+    for photo in (1200, 1450, 2100):  # added rows are found
+        assert engine.search_embeddings(vectors[photo], k=1)[0][0].photo == photo
+    import faiss
+
+    def centroids(index):
+        whole = faiss.deserialize_index(index.ann["bags"].blob)  # kept alive while its parts are read
+        quantizer = faiss.downcast_index(faiss.extract_index_ivf(whole).quantizer)
+        return faiss.vector_to_array(quantizer.codes).copy()
+
+    np.testing.assert_array_equal(centroids(load_index(tmp_path / "index.h5")), centroids(first))  # not retrained
+
+
+def test_add_refuses_another_backbone(catalogue, tmp_path):
+    cache, manifest, _ = catalogue
+    build_index(cache, manifest, tmp_path / "index.h5", ann=config("HNSW16"))
+    other = tmp_path / "other.h5"
+    write_vectors(other, Vectors(np.array(["shop/x.jpg"], dtype=object), np.ones((1, DIM), np.float32),
+                                 dict(ATTRS, dim=DIM, weights="imagenet")))
+    with pytest.raises(ValueError, match="weights: expected 'imagenet', found 'random:0'"):
+        build_index(other, manifest, tmp_path / "index.h5", add=True)
+
+
+def test_float16_halves_the_embeddings_and_keeps_recall(catalogue, tmp_path):
+    cache, manifest, _ = catalogue
+    build_index(cache, manifest, tmp_path / "f32.h5")
+    build_index(cache, manifest, tmp_path / "f16.h5", dtype="float16")
+    full, half = load_index(tmp_path / "f32.h5"), load_index(tmp_path / "f16.h5")
+    assert half.embeddings.dtype == np.float16 and half.embeddings.nbytes * 2 == full.embeddings.nbytes
+    queries = near(catalogue[2], 50, seed=11)
+    exact = SearchEngine(full).ranker.search(queries, 10)[0]
+    rows = SearchEngine(half).ranker.search(queries, 10)[0]
+    assert recall(rows, exact) >= 0.95
+
+
+def test_an_index_written_before_approximate_search_still_loads(catalogue, tmp_path):
+    """Format 1: chunked float32 embeddings, no FAISS datasets (as the previous code wrote it)."""
+    vectors = np.eye(4, dtype=np.float32)
+    with h5py.File(tmp_path / "old.h5", "w") as handle:
+        handle.attrs["format"] = "street2shop-index/1"
+        handle.attrs["meta"] = json.dumps({"backbone": dict(ATTRS), "head": None, "metric": "cosine",
+                                           "roots": [str(tmp_path)], "versions": {}})
+        handle.create_dataset("embeddings", data=vectors, chunks=(4, 4))
+        handle["ids"] = np.array([b"shop/a.jpg", b"shop/b.jpg", b"shop/c.jpg", b"shop/d.jpg"])
+        handle["photos"] = np.arange(4, dtype=np.int64)
+        handle["products"] = np.array([7, 7, 8, 9], dtype=np.int64)
+        handle["categories"] = np.array([b"bags", b"bags", b"bags", b"hats"])
+        handle["roots"] = np.zeros(4, dtype=np.int16)
+    engine = SearchEngine.load(tmp_path / "old.h5")
+    assert not engine.index.approximate
+    assert [m.photo for m in engine.search_embeddings(np.array([0, 0, 1, 0.1], np.float32), k=2)[0]] == [2, 3]
+    remove_products(tmp_path / "old.h5", [7])
+    assert load_index(tmp_path / "old.h5").id_list() == ["shop/c.jpg", "shop/d.jpg"]
+
+
+def test_auto_chooses_by_size_and_memory(catalogue, tmp_path):
+    from retrieval.tuning import choose
+
+    auto = AnnConfig("auto", exact_below=20_000)
+    assert choose(5_000, 128, 4 << 30, auto) is None
+    assert choose(1_000_000, 128, 4 << 30, auto) == "HNSW32"
+    assert choose(1_000_000, 128, 600 << 20, auto) == "IVF4096,Flat"  # 629 bytes a row: vectors fit, graph not
+    assert choose(1_000_000, 128, 200 << 20, auto) == "IVF4096,PQ64"
+    assert choose(10_000_000, 128, 1 << 30, auto) == "IVF16384,PQ64"
+    assert choose(10_000_000, 128, 300 << 20, auto) == "IVF16384,PQ16"
+    with pytest.raises(ValueError, match="cannot hold"):
+        choose(10_000_000, 128, 50 << 20, auto)
+    cache, manifest, _ = catalogue
+    index, _ = build_index(cache, manifest, tmp_path / "small.h5", ann=AnnConfig("auto"))
+    assert not index.approximate  # 2,200 rows: exact
+
+
+def test_bad_ann_arguments_exit_2_in_one_line(catalogue, tmp_path, capsys):
+    cache, manifest, _ = catalogue
+    common = ["--vectors", str(cache), "--manifest", str(manifest), "--out", str(tmp_path / "i.h5")]
+    for extra, message in ((["--ann", "HNSW-nonsense"], "not a FAISS factory string"),
+                           (["--max-memory", "lots"], "expected a size such as 4G"),
+                           (["--target-recall", "1.5"], "--target-recall must be in (0, 1]")):
+        assert index_main(common + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert index_main(["--out", str(tmp_path / "i.h5"), "--remove-products", "12,x"]) == 2
+    assert "product id 'x' is not an integer" in capsys.readouterr().err
+    assert not (tmp_path / "i.h5").exists()
+    assert index_main(["--out", str(tmp_path / "i.h5"), "--remove-products", "12"]) == 2
+    assert "index does not exist" in capsys.readouterr().err
