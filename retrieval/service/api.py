@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import astuple
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from downloader.images import ImageError
+from downloader.metadata import BBox
 
 from .batching import Batcher
 from .config import ServiceConfig
@@ -30,8 +32,17 @@ class MatchOut(BaseModel):
     image_url: str
 
 
+class QueryOut(BaseModel):
+    """What the search used: the box (None for the whole photo), the category (None for all) and k."""
+
+    bbox: list[float] | None
+    category: str | None
+    k: int
+
+
 class SearchOut(BaseModel):
     matches: list[MatchOut]
+    query: QueryOut
     took_ms: float
 
 
@@ -76,12 +87,14 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
     router = APIRouter()
     categories = CategoriesOut(categories=categories_of(engine))
 
-    async def prepare(data: bytes, bbox: str | None, field: str, box_field: str) -> np.ndarray:
-        """The network input for an uploaded photo; 400 for a bad box or a photo that is not usable."""
+    def box_of(text: str | None, field: str) -> BBox | None:
         try:
-            box = parse_bbox(bbox, box_field)
+            return parse_bbox(text, field)
         except ValueError as error:
             raise HTTPException(400, str(error)) from None
+
+    async def prepare(data: bytes, box: BBox | None, field: str) -> np.ndarray:
+        """The network input for an uploaded photo; 400 for a photo that is not usable or a box outside it."""
         try:
             with batcher.arriving():
                 photo = await run_in_threadpool(decode_photo, data, box, config.max_pixels)
@@ -110,11 +123,14 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
         if category is not None and category not in engine.slices:
             raise HTTPException(400, f"category: no shop photo of category {category[:80]!r} in the index "
                                      f"(it has: {', '.join(sorted(engine.slices))})")
-        prepared = await prepare(await image.read(), bbox, "image", "bbox")
+        box = box_of(bbox, "bbox")
+        prepared = await prepare(await image.read(), box, "image")
         matches = await asyncio.wrap_future(batcher.search(prepared, category, k))
         return SearchOut(matches=[MatchOut(rank=m.rank, product=m.product, photo=m.photo, category=m.category,
                                            distance=m.distance, score=m.score, image_url=f"/shop/{m.photo}.jpg")
-                                  for m in matches], took_ms=round(1000 * (time.perf_counter() - started), 2))
+                                  for m in matches],
+                         query=QueryOut(bbox=list(astuple(box)) if box else None, category=category, k=k),
+                         took_ms=round(1000 * (time.perf_counter() - started), 2))
 
     @router.post("/api/compare", response_model=CompareOut, responses=REFUSALS,
                  summary="Are two photos of the same item? Distance, calibrated score and the call")
@@ -123,8 +139,8 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
                       bbox_a: str | None = Form(None, description=BBOX_HELP),
                       bbox_b: str | None = Form(None, description=BBOX_HELP)) -> CompareOut:
         started = time.perf_counter()
-        left, right = await asyncio.gather(prepare(await a.read(), bbox_a, "a", "bbox_a"),
-                                           prepare(await b.read(), bbox_b, "b", "bbox_b"))
+        box_a, box_b = box_of(bbox_a, "bbox_a"), box_of(bbox_b, "bbox_b")
+        left, right = await asyncio.gather(prepare(await a.read(), box_a, "a"), prepare(await b.read(), box_b, "b"))
         result = await asyncio.wrap_future(batcher.compare(left, right))
         return CompareOut(distance=result.distance, score=result.score, same=result.same,
                           threshold=result.threshold, took_ms=round(1000 * (time.perf_counter() - started), 2))
