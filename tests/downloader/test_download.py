@@ -211,7 +211,7 @@ def test_ctrl_c_finishes_the_photos_in_flight_and_rerun_completes(tmp_path):
         assert not list((out / "shop").glob(".*"))  # no half-written image
 
         hits_before = sum(server.hits.values())
-        rerun = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        rerun = subprocess.run([*args, "--workers", "8"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert rerun.returncode == 0, rerun.stderr
         assert sum(server.hits.values()) - hits_before == count - len(first)
         assert len(read_jsonl(out / "manifest.jsonl")) == count
@@ -220,7 +220,7 @@ def test_ctrl_c_finishes_the_photos_in_flight_and_rerun_completes(tmp_path):
 def test_a_second_ctrl_c_abandons_the_photos_in_flight(tmp_path):
     picture = encode(make_image(30, 30), "JPEG")
     out = tmp_path / "out"
-    with LoopbackServer({f"/{i}.jpg": Route(picture) for i in range(40)}, latency=1.0) as server:
+    with LoopbackServer({f"/{i}.jpg": Route(picture) for i in range(40)}, latency=0.5) as server:
         args = ctrl_c_dataset(tmp_path, server, 40)
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         interrupt_while_in_flight(process, server, out, presses=2)

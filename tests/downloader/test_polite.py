@@ -46,13 +46,12 @@ def test_a_throttled_host_does_not_hold_up_the_others(tmp_path):
             LoopbackServer({f"/{i}.jpg": Route(JPEG, delay=0.05) for i in range(8)}) as fast:
         urls = {100: slow.url("a.jpg"), **{i: fast.url(f"{i}.jpg") for i in range(8)}}
         meta, photos = write_meta(tmp_path, urls)
-        start = time.monotonic()
         summary = download(config(meta, photos, tmp_path, workers=1))  # one worker: a sleeping one would block all
     assert summary.saved == 9
     throttled_at = [at for path, at in slow.log]
     fast_times = [at for path, at in fast.log]
     assert throttled_at[1] - throttled_at[0] >= 2.0
-    assert max(fast_times) < throttled_at[1] and max(fast_times) - start < 1.5  # all done while the host waited
+    assert max(fast_times) < throttled_at[1]  # all done while the throttled host waited
 
 
 def test_retry_after_over_max_wait_is_a_failure_grouped_by_host(tmp_path):

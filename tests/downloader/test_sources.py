@@ -172,3 +172,18 @@ def test_photo_id_from_a_file_name(name, photo):
 
 def test_mirrored_keeps_path_and_query():
     assert mirrored("http://old.com:8080/a/b.jpg?x=1", "https://new.org/base/") == "https://new.org/base/a/b.jpg?x=1"
+
+
+def test_cli_reads_an_archive(tmp_path, capsys):
+    from downloader.__main__ import main
+
+    folder = make_mirror(tmp_path)
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in folder.rglob("*"):
+            handle.write(path, str(path.relative_to(folder)))
+    write_meta(tmp_path)
+    code = main(["--meta", str(tmp_path / "meta"), "--photos-archive", str(archive), "--out", str(tmp_path / "out"),
+                 "--quiet"])
+    assert code == 0 and len(read_jsonl(tmp_path / "out" / "manifest.jsonl")) == 7
+    assert f"failed by host: archive {archive}: 1" in capsys.readouterr().out
