@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
+
+from PIL import Image
 
 from common import LockHeld
 
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # images.decode refuses such images with a recorded reason; Pillow's own warning would only add noise
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         config = DownloadConfig(
             meta=args.meta, photos=args.photos, out=args.out, photos_dir=args.photos_dir,
