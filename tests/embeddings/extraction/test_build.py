@@ -207,34 +207,42 @@ def test_the_local_engine_never_imports_ray(tmp_path):
 
 
 def test_ctrl_c_keeps_finished_batches_and_a_rerun_completes(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group, decoding processes included) on the build
+    command: exit 130, the cache readable with the finished batches, and a rerun computes only the rest."""
     import os
     import signal
     import time
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for index in range(120):
-        make_image(48, 40, seed=index).save(folder / f"{index:03d}.jpg")
-    command = [sys.executable, "-m", "embeddings.build", "--images", str(folder), "--out", str(tmp_path / "v.h5"),
-               "--backbone", "mobilenet_v2", "--weights", "none", "--batch-size", "2", "--quiet"]
+    count = 300
+    for index in range(count):
+        make_image(40, 32, seed=index).save(folder / f"{index:03d}.jpg")
+    script = tmp_path / "build_tiny.py"  # the build command, with the tiny stand-in backbone registered
+    script.write_text("import sys\nfrom embeddings.extraction.backbones import BACKBONES\n"
+                      "from tests.conftest import TINY\nBACKBONES['tiny'] = TINY\nfrom embeddings.build import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, str(script), "--images", str(folder), "--out", str(tmp_path / "v.h5"),
+               "--backbone", "tiny", "--weights", "none", "--batch-size", "1", "--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if len(read_vectors(tmp_path / "v.h5").ids) >= 4:
+            if len(read_vectors(tmp_path / "v.h5").ids) >= 2:
                 break
         except Exception:  # noqa: BLE001 (not created yet)
             pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     kept = len(read_vectors(tmp_path / "v.h5").ids)
-    assert 4 <= kept < 120
+    assert 2 <= kept < count
     assert "run the same command to resume" in out
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"already cached: {kept}; computed: {120 - kept}" in again.stdout
-    assert sorted(read_vectors(tmp_path / "v.h5").ids) == sorted(f"{i:03d}.jpg" for i in range(120))
+    assert f"already cached: {kept}; computed: {count - kept}" in again.stdout
+    assert sorted(read_vectors(tmp_path / "v.h5").ids) == sorted(f"{i:03d}.jpg" for i in range(count))
