@@ -165,15 +165,19 @@ def _open_records(out: Path, summary: DownloadSummary) -> tuple[RecordFile, Reco
 
 def _select(jobs: list[PhotoJob], out: Path, manifest: RecordFile, failed_before: dict[int, list],
             retry_failed: bool, summary: DownloadSummary) -> list[PhotoJob]:
-    """The jobs with an image still to make; complete photos go (back) into the manifest."""
+    """The jobs with an image still to make. Every whole image on disk gets its manifest line back (a power
+    loss can lose appended lines), also when its photo still has other images to make."""
     todo = []
     for job in jobs:
-        job.todo = [o for o in job.outputs if not images.is_complete_jpeg(out / o.path)]
-        if not job.todo:
-            summary.present += 1
-            for output in job.outputs:
+        job.todo = []
+        for output in job.outputs:
+            if output.path in manifest or images.is_complete_jpeg(out / output.path):
                 if output.path not in manifest:
                     manifest.add(output.record)
+            else:
+                job.todo.append(output)
+        if not job.todo:
+            summary.present += 1
         elif job.photo in failed_before and not retry_failed:
             summary.skipped_failed += 1
         else:

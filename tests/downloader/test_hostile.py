@@ -209,3 +209,20 @@ def test_out_given_as_the_current_folder_is_locked_beside_it(hostile, tmp_path, 
     summary = download(config(meta, photos, Path(".")))  # regression: "." has no name to put ".lock" after
     assert summary.saved == 2 and (tmp_path / "out" / "shop" / "1.jpg").exists()
     assert not (tmp_path / "out.lock").exists()  # released
+
+
+def test_a_photo_half_done_gets_its_missing_crop_and_every_manifest_line(hostile, tmp_path):
+    server, _, photos = hostile
+    meta = tmp_path / "meta2"
+    meta.mkdir()
+    box = {"left": 1, "top": 1, "width": 10, "height": 10}
+    (meta / "train_pairs_hats.json").write_text(json.dumps([{"photo": 1, "product": 5, "bbox": box}] * 2))
+    out = tmp_path / "out"
+    download(config(meta, photos, out))
+    assert sorted(r["path"] for r in read_jsonl(out / "manifest.jsonl")) == ["street/1_5_0.jpg", "street/1_5_1.jpg"]
+    # a power loss: the appended manifest lines never reached the disk, and one crop is empty
+    (out / "manifest.jsonl").write_text("")
+    (out / "street" / "1_5_1.jpg").write_bytes(b"")
+    summary = download(config(meta, photos, out))
+    assert summary.saved == 1  # only the empty crop was made again
+    assert sorted(r["path"] for r in read_jsonl(out / "manifest.jsonl")) == ["street/1_5_0.jpg", "street/1_5_1.jpg"]
