@@ -7,10 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
+from common import ManifestError
 from embeddings.extraction.cache import CacheError
 
 from .topk import KS, evaluate, write_report
 from .store import IndexFileError
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,5,10, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,15 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vectors", type=Path, required=True, help="the vector cache of the street crops")
     parser.add_argument("--manifest", type=Path, required=True, help="the downloader's manifest.jsonl")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="which street crops (default: test)")
-    parser.add_argument("--ks", type=lambda t: tuple(int(v) for v in t.split(",")), default=KS,
+    parser.add_argument("--ks", type=_ks, default=KS,
                         help="comma-separated k values (default: 1,5,10,20,50)")
     parser.add_argument("--head", type=Path, help="the head folder, if it moved since the index was built")
     parser.add_argument("--out", type=Path, default=Path("report"), help="report folder (default: report)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad manifest line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        report = evaluate(args.index, args.vectors, args.manifest, args.split, args.ks, args.head)
-    except (FileNotFoundError, ValueError, CacheError, IndexFileError) as error:
+        if not args.ks or min(args.ks) < 1:
+            raise ValueError(f"--ks must be positive integers, got {args.ks}")
+        report = evaluate(args.index, args.vectors, args.manifest, args.split, args.ks, args.head, args.strict)
+    except (FileNotFoundError, ValueError, CacheError, IndexFileError, ManifestError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(report.table())

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from downloader.images import ImageError
 from downloader.metadata import BBox
 from embeddings.extraction.backbones import WeightsUnavailableError
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         query = to_pil(args.photo, args.bbox)  # check the photo before loading any network
     except (FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # whatever the decoder did not map
+        print(f"error: {args.photo}: unreadable image ({str(error).splitlines()[0][:160] or type(error).__name__})",
+              file=sys.stderr)
         return EXIT_INPUT
     try:
         engine = SearchEngine.load(args.index, head=args.head, weights=args.weights)

@@ -129,7 +129,7 @@ def write_embeddings(data: h5py.Dataset, plan: Plan, vectors: Path | None, head:
         cache_rows, old_rows = plan.cache_rows[start:stop], plan.old_rows[start:stop]
         new = cache_rows >= 0
         if new.any():
-            raw = read_rows(vectors, cache_rows[new]).vectors
+            raw = read_rows(vectors, cache_rows[new], chunk_rows=stop - start).vectors
             block[new] = head.embed(raw) if head is not None else raw
         if (~new).any():
             block[~new] = old[old_rows[~new]]

@@ -41,6 +41,23 @@ def test_box_outside_the_image(raw_index, tmp_path, capsys):
     assert "does not overlap the 60x40 image" in one_error_line(capsys)
 
 
+def test_decompression_bomb_is_a_photo_error(raw_index, tmp_path, capsys):
+    """A PNG whose header declares 40000 x 40000 pixels: exit 2 in one line, not a traceback (exit 1)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+    assert main([str(path), "--index", str(raw_index)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {path}: ") and "pixels" in line
+
+
 def test_missing_and_corrupt_index(tmp_path, capsys):
     path = tmp_path / "photo.jpg"
     make_image().save(path)
@@ -58,7 +75,8 @@ def test_category_not_in_index(raw_index, tmp_path, capsys):
     assert "no shop photo of category 'hats'" in one_error_line(capsys)
 
 
-def test_index_built_with_a_head_refuses_another(raw_index, tmp_path, capsys):
+def test_raw_index_refuses_a_head(raw_index, tmp_path, capsys):
+    """(An index built with a head refusing another: test_head_path.test_query_cli_refuses_another_head.)"""
     path = tmp_path / "photo.jpg"
     make_image().save(path)
     assert main([str(path), "--index", str(raw_index), "--head", str(tmp_path)]) == 3
