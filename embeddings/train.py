@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .extraction.cache import CacheError
+from common import LockHeld
+
 from .learning.head import HeadConfig
 from .learning.losses import MINING
 from .learning.fit import TrainConfig, train
@@ -25,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m embeddings.train",
         description="Train a Siamese head that maps backbone vectors to a compact embedding where a street crop "
                     "lands near the shop photos of its product. Writes OUT/model.keras, config.json, "
-                    "history.json and training.png. Without --manifest, the cache's labels (a folder with one "
-                    "sub-folder per class) are used instead.")
+                    "history.json and training.png, as one folder at the end. After every epoch a checkpoint is kept in "
+                    "OUT.partial/: run the same command again to resume a stopped run from its last finished epoch. "
+                    "Without --manifest, the cache's labels (a folder with one sub-folder per class) are used instead.")
     parser.add_argument("--vectors", type=Path, required=True, help="the vector cache (python -m embeddings.build)")
     parser.add_argument("--manifest", type=Path, help="the downloader's manifest.jsonl: street/shop pairs by product")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the head")
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="products held out for validation")
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val top-10 before stopping")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strict", action="store_true", help="a bad manifest line is an error (default: skipped, reported)")
+    parser.add_argument("--wait", action="store_true", help="wait for another run writing OUT to finish, instead of failing")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the checkpoint of an interrupted run in OUT.partial/ and start over")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -59,14 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         vectors=args.vectors, out=args.out, manifest=args.manifest, loss=args.loss, mining=args.mining,
         margin=args.margin, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         negatives_per_positive=args.negatives, in_class=args.in_class, val_fraction=args.val_fraction,
-        patience=args.patience, seed=args.seed, progress=not args.quiet,
+        patience=args.patience, seed=args.seed, progress=not args.quiet, strict_manifest=args.strict,
+        wait=args.wait, restart=args.restart,
         head=HeadConfig(hidden=args.hidden, dim=args.dim, dropout=args.dropout, batch_norm=not args.no_batch_norm,
                         seed=args.seed))
     try:
         result = train(config)
-    except (FileNotFoundError, ValueError, CacheError) as error:
+    except (OSError, ValueError, LockHeld) as error:  # FileNotFoundError, CacheError, ManifestError included
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished epochs are kept in {args.out}.partial/; run the same command to resume",
+              file=sys.stderr)
+        return 130
     print("validation          top-1   top-10  pair accuracy")
     for name, figures in (("raw vectors", result.raw), ("trained head", result.head)):
         print(f"{name:18s} {figures['top1']:6.3f}  {figures['top10']:6.3f}  {figures['pair_accuracy']:6.3f}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common import atomic_path
+
 
 def plot_training(history: dict[str, list[float]], raw: dict[str, float], path: Path) -> None:
     """Loss per epoch, and validation top-1/top-10 per epoch beside the raw vectors' (dashed)."""
@@ -22,7 +24,8 @@ def plot_training(history: dict[str, list[float]], raw: dict[str, float], path: 
     right.set(title="validation retrieval accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
     right.legend(loc="lower right")
     figure.tight_layout()
-    temp = path.with_name(f".{path.stem}.part.png")
-    figure.savefig(temp, dpi=100)
-    plt.close(figure)
-    temp.replace(path)
+    try:
+        with atomic_path(path) as temp:
+            figure.savefig(temp, dpi=100, format="png")
+    finally:
+        plt.close(figure)

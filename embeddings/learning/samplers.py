@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Container
 
 import numpy as np
 
-from downloader.records import read_jsonl
+from common import read_manifest
 
-from ..extraction.cache import Vectors
+from ..extraction.cache import Vectors, read_ids, read_rows
 
 
 @dataclass
@@ -43,35 +44,70 @@ class ItemSet:
         return bool(np.array_equal(self.query, self.gallery))
 
 
-def from_manifest(vectors: Vectors, manifest: str | Path, split: str = "train") -> ItemSet:
-    """Street crops of ``split`` and the shop photos of their products that have vectors; products
-    without both a street crop and a shop photo are left out."""
-    rows = vectors.positions()
+@dataclass
+class Selection:
+    """The rows a manifest asks for: street crops first (``streets`` of them), then shop photos."""
+
+    ids: list[str]
+    labels: np.ndarray
+    groups: np.ndarray
+    streets: int
+
+
+def select_from_manifest(manifest: str | Path, present: Container[str], split: str = "train",
+                         strict: bool = False) -> Selection:
+    """Street crops of ``split`` and the shop photos of their products whose ids are ``present``;
+    products without both a street crop and a shop photo are left out. Bad manifest lines are skipped
+    and reported (``strict``: the first is an error).
+
+    Raises:
+        FileNotFoundError: no manifest. ValueError: nothing to learn from (or a bad line, with ``strict``).
+    """
     street, shop = [], []
-    for record in read_jsonl(manifest):
-        if record["path"] not in rows:
+    for entry in read_manifest(manifest, strict=strict).entries:
+        if entry.path not in present:
             continue
-        key = (record["category"], record["product"])
-        if record["kind"] == "street" and record["split"] == split:
-            street.append((rows[record["path"]], key))
-        elif record["kind"] == "shop":
-            shop.append((rows[record["path"]], key))
+        key = (entry.category, entry.product)
+        if entry.kind == "street" and entry.split == split:
+            street.append((entry.path, key))
+        elif entry.kind == "shop":
+            shop.append((entry.path, key))
     products = {key for _, key in street} & {key for _, key in shop}
-    street = [(row, key) for row, key in street if key in products]
-    shop = [(row, key) for row, key in shop if key in products]
+    street = [(path, key) for path, key in street if key in products]
+    shop = [(path, key) for path, key in shop if key in products]
     if not street:
         raise ValueError(f"{manifest}: no {split} street crop has both a vector and a shop photo of its product")
     items = street + shop
-    row_index = np.array([row for row, _ in items])
     codes = {key: code for code, key in enumerate(sorted(products))}
-    return ItemSet(
-        vectors=vectors.vectors[row_index],
-        labels=np.array([codes[key] for _, key in items], dtype=np.int64),
-        groups=np.array([key[0] for _, key in items], dtype=object),
-        query=np.arange(len(items)) < len(street),
-        gallery=np.arange(len(items)) >= len(street),
-        ids=vectors.ids[row_index],
-    )
+    return Selection([path for path, _ in items], np.array([codes[key] for _, key in items], dtype=np.int64),
+                     np.array([key[0] for _, key in items], dtype=object), len(street))
+
+
+def _items(selection: Selection, vectors: np.ndarray, ids: np.ndarray) -> ItemSet:
+    count = len(selection.ids)
+    return ItemSet(vectors, selection.labels, selection.groups, np.arange(count) < selection.streets,
+                   np.arange(count) >= selection.streets, ids)
+
+
+def from_manifest(vectors: Vectors, manifest: str | Path, split: str = "train", strict: bool = False) -> ItemSet:
+    """The items of ``select_from_manifest`` from vectors already in memory."""
+    rows = vectors.positions()
+    selection = select_from_manifest(manifest, rows, split, strict)
+    row_index = np.array([rows[key] for key in selection.ids], dtype=np.int64)
+    return _items(selection, vectors.vectors[row_index], vectors.ids[row_index])
+
+
+def from_manifest_cache(cache: str | Path, manifest: str | Path, split: str = "train",
+                        strict: bool = False) -> tuple[ItemSet, dict[str, Any]]:
+    """The items of ``select_from_manifest``, reading from the cache only their rows (and its ids);
+    returns them with the cache's attributes.
+
+    Raises:
+        FileNotFoundError, CacheError, ValueError.
+    """
+    selection = select_from_manifest(manifest, set(read_ids(cache)), split, strict)
+    found = read_rows(cache, selection.ids)
+    return _items(selection, found.vectors, found.ids), found.attrs
 
 
 def from_labels(vectors: Vectors) -> ItemSet:
