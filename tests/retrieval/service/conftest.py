@@ -95,12 +95,13 @@ def head_engine(head_index, tiny_extractor):
     return SearchEngine.load(head_index, extractor=tiny_extractor)
 
 
-def client_for(engine, index: Path, **settings):
+def client_for(engine, index: Path, raise_server_exceptions: bool = True, **settings):
     from fastapi.testclient import TestClient
 
     from retrieval.service import ServiceConfig, create_app
 
-    return TestClient(create_app(engine, ServiceConfig(index=index, **settings)))
+    return TestClient(create_app(engine, ServiceConfig(index=index, **settings)),
+                      raise_server_exceptions=raise_server_exceptions)
 
 
 @pytest.fixture
