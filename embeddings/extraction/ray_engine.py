@@ -3,9 +3,9 @@ in CPU tasks, runs the network in ``map_batches`` actors (one per GPU, or one pe
 cluster; each builds its model in its constructor, as Keras models do not pickle), and streams the
 finished rows back to this process, which appends them to the cache like the local engine does.
 
-Ray retries a decoding task or an actor whose worker died (``RETRIES`` times) and keeps only the
-output of the attempt that finished, so rows are neither lost nor duplicated; the cache writer also
-skips ids it already has. Image files and a weights file must be at the same path on every node.
+Ray's defaults make a decoding task whose worker died run again (3 times) and restart a network
+actor that died (without limit); only the output of the attempt that finished is kept, so rows are
+neither lost nor duplicated, and the cache writer skips ids it already has. Image files and a weights file must be at the same path on every node.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from .precision import choose_precision
 
 logger = logging.getLogger(__name__)
 
-RETRIES = 3
 DECODE_CHUNK = 16  # images per decoding task
 
 
@@ -107,14 +106,13 @@ class RayEngine:
         config = self.config
         data = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // DECODE_CHUNK)))
         data = data.map_batches(self.decode_fn, fn_kwargs={"size": tuple(self.spec.input_size), "decode": config.decode},
-                                batch_size=DECODE_CHUNK, num_cpus=1, max_retries=RETRIES)
+                                batch_size=DECODE_CHUNK, num_cpus=1)
         data = data.map_batches(
             Embedder, batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(size=self.actors),
             fn_constructor_kwargs={"backbone": self.spec, "weights": config.weights, "batch_size": config.batch_size,
                                    "decode": config.decode, "precision": self.identity["precision"],
                                    "expected": self.identity},
-            num_gpus=self.gpus_per_worker, num_cpus=1 if not self.gpus_per_worker else 0,
-            max_restarts=RETRIES, max_task_retries=RETRIES)
+            num_gpus=self.gpus_per_worker, num_cpus=1 if not self.gpus_per_worker else 0)
         for out in data.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
             ids = [str(key) for key in out["id"]]
             errors = [str(error) for error in out["error"]]
