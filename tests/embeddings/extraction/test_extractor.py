@@ -115,3 +115,49 @@ def test_embed_raises_naming_the_bad_file(tiny_extractor, tmp_path):
     broken.write_bytes(encode(make_image(100, 100))[:200])
     with pytest.raises(ImageError, match="broken.jpg: truncated or corrupt"):
         tiny_extractor.embed([broken])
+
+
+def test_the_model_takes_uint8_pixels_and_preprocesses_inside(tiny_extractor, tmp_path):
+    """Batches travel as uint8; the backbone's preprocess_input is the model's first step."""
+    import keras
+
+    from tests.conftest import tiny_model
+
+    picture = make_image(50, 40)
+    pixels = tiny_extractor.prepare(picture)
+    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+    assert tiny_extractor.model.inputs[0].dtype == "uint8"
+    full = tiny_model()
+    full.set_weights([w.numpy() for w in tiny_extractor.model.get_layer("tiny_features").weights]
+                     + [w.numpy() for w in full.weights[-2:]])
+    cut = keras.Model(full.input, full.get_layer("features").output)
+    expected = cut.predict(keras.applications.vgg19.preprocess_input(pixels[None].astype(np.float32)), verbose=0)
+    np.testing.assert_allclose(tiny_extractor.predict(pixels[None]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_computes_in_bfloat16_stores_float32_and_stays_close():
+    import keras
+
+    from tests.conftest import TINY
+
+    pictures = [make_image(60, 50, seed=seed) for seed in range(6)]
+    single = Extractor(TINY, weights=None)
+    half = Extractor(TINY, weights=None, precision="bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the policy was set only while building
+    assert half.describe()["precision"] == "bfloat16" and single.describe()["precision"] == "float32"
+    assert half.model.get_layer("tiny_features").get_layer("conv").compute_dtype == "bfloat16"
+    assert half.model.get_layer("preprocess_input").compute_dtype == "float32"
+    a, b = single.embed(pictures), half.embed(pictures)
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.99
+
+
+def test_fast_decoding_is_recorded_and_bad_options_are_named():
+    from tests.conftest import TINY
+
+    assert Extractor(TINY, weights=None, decode="fast").describe()["decode"] == "fast"
+    with pytest.raises(ValueError, match=r"decode must be one of \['exact', 'fast'\], got 'quick'"):
+        Extractor(TINY, weights=None, decode="quick")
+    with pytest.raises(ValueError, match=r"precision must be one of .*, got 'half'"):
+        Extractor(TINY, weights=None, precision="half")
