@@ -84,7 +84,13 @@ def serve(config: ServiceConfig, log_level: str = "info") -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {config.index} at http://{shown}:{port}/ (API schema at /docs); Ctrl-C stops", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        pass
+    finally:
+        sock.close()
+    print("stopped", flush=True)
     return 0
 
 
