@@ -154,3 +154,15 @@ def test_page_says_when_a_file_is_not_an_image(page, tmp_path):
     WebDriverWait(page, WAIT).until(lambda d: "cannot read" in title.text)
     assert title.text == "notes.jpg: the browser cannot read this file as an image"
     assert not page.find_element("id", "search-go").is_enabled()
+
+
+def test_without_chromium_the_browser_test_skips_unless_required(monkeypatch):
+    import tests.retrieval.service.test_page as module
+
+    monkeypatch.setattr(module, "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.delenv("S2S_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        need_browser()
+    monkeypatch.setenv("S2S_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="S2S_REQUIRE_BROWSER=1, but .*/nonexistent/chromium missing"):
+        need_browser()
