@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m embeddings.finetune",
         description="Train a Siamese tower end to end on images: a pre-trained backbone with the top share of its "
                     "layers unfrozen (BatchNorm frozen) and a head on top, or small-cnn from scratch. Writes "
-                    "OUT/model.keras, config.json, history.json, training.png; resumes an unfinished run of OUT. "
+                    "OUT/model.keras, config.json, history.json, training.png as one folder at the end; after every epoch a "
+                    "checkpoint is kept in OUT.partial/: run the same command again to resume a stopped run. "
                     "Use the tower with python -m embeddings.build --model OUT.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="the downloader's manifest.jsonl: a product is a class")
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val top-10 before stopping")
     parser.add_argument("--eval-limit", type=int, default=2000, help="at most this many validation/test images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wait", action="store_true", help="wait for another run writing OUT to finish, instead of failing")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the checkpoint of an interrupted run in OUT.partial/ and start over")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -87,7 +91,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         out=args.out, manifest=args.manifest, images=args.images, fashion_mnist=args.fashion_mnist, tower=tower,
         loss=args.loss, mining=args.mining, margin=args.margin, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, val_fraction=args.val_fraction, patience=args.patience,
-        steps_per_epoch=args.steps_per_epoch, eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet)
+        steps_per_epoch=args.steps_per_epoch, eval_limit=args.eval_limit, seed=args.seed, progress=not args.quiet,
+        wait=args.wait, restart=args.restart)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         result = finetune(config_from_args(args))
-    except (FileNotFoundError, ValueError, LockHeld, WeightsUnavailableError, DownloadError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OSError, ValueError, LockHeld, WeightsUnavailableError, DownloadError) as error:
+        print(f"error: {error}", file=sys.stderr)  # OSError: FileNotFoundError; ValueError: IdxError, ManifestError
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished epochs are kept in {args.out}.partial/; run the same command to resume",
+              file=sys.stderr)
+        return 130
     print("                    top-1   top-10  pair accuracy")
     rows = [("validation, pixels", result.raw), ("validation, tower", result.val), ("test, tower", result.test)]
     for name, figures in rows:

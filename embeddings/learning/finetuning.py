@@ -2,15 +2,18 @@
 ``config.json``, ``history.json`` and ``training.png`` into one folder, written whole at the end.
 
 The losses, batch samplers, validation figures and calibration are the head's (``embeddings.train``);
-here the samplers pick images instead of cached vectors. After every epoch the state is checkpointed
-beside the output, so a killed run resumes from its last finished epoch.
+here the samplers pick images instead of cached vectors. One run at a time per output folder
+(``common.WriterLock``); after every epoch the state is checkpointed in ``<out>.partial/`` (``checkpoint``,
+as for the head), so a killed run resumes from its last finished epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,24 +22,25 @@ import numpy as np
 
 from common import WriterLock, atomic_path
 
-from .fit import evaluate_embeddings
+from .fit import _validation_pairs, evaluate_embeddings
 from .losses import MINING, contrastive_loss, triplet_loss
 from .pixel_data import PixelSplits, fashion_mnist_splits, folder_splits, limit_items, manifest_splits
-from .pixels import PixelBatches, embed_pixels, raw_pixels
+from .pixels import PixelBatches, PixelEmbedder, embed_pixels, raw_pixels
 from .samplers import ItemSet, PairSampler, TripletSampler
 from .tower import TOWER_FORMAT, TowerConfig, build_image_pair_model, build_tower, tower_settings
-from .tower_checkpoint import EpochState, checkpoint_path, load_checkpoint, remove_checkpoint
 
 logger = logging.getLogger(__name__)
 
 KERAS_DATASET = "keras.datasets"  # ``fashion_mnist`` value: download through keras.datasets.fashion_mnist
+TOWER_FILES = ("model.keras", "config.json", "history.json", "training.png")
 
 
 @dataclass
 class FinetuneConfig:
     """One run: exactly one source (``manifest``, ``images`` folder, or ``fashion_mnist`` folder or
     ``KERAS_DATASET``). ``learning_rate`` defaults to 1e-3 from scratch (small-cnn), 1e-4 fine-tuning;
-    ``margin`` to 0.2 (triplet) or 1.0 (contrastive); ``eval_limit`` caps validation and test items."""
+    ``margin`` to 0.2 (triplet) or 1.0 (contrastive); ``eval_limit`` caps validation and test items.
+    ``wait``: wait for another run writing ``out``; ``restart``: discard an interrupted run's checkpoint."""
 
     out: Path
     manifest: Path | None = None
@@ -58,6 +62,8 @@ class FinetuneConfig:
     eval_limit: int = 2000
     seed: int = 0
     progress: bool = False
+    wait: bool = False
+    restart: bool = False
 
     def validate(self) -> None:
         sources = [s for s in (self.manifest, self.images, self.fashion_mnist) if s is not None]
@@ -74,6 +80,13 @@ class FinetuneConfig:
                              f"{self.epochs}, {self.patience}, {self.batch_size}, {self.eval_limit}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: exists and is not a folder; give a folder for the tower")
+        others = sorted(p.name for p in out.iterdir() if p.name not in TOWER_FILES) if out.is_dir() else []
+        if others:
+            raise ValueError(f"{out}: holds other files than a tower's ({', '.join(others[:3])}); it would be "
+                             f"replaced as a whole: choose a new folder")
         self.tower.validate()
 
     @property
@@ -128,16 +141,6 @@ def _decoded(items: ItemSet) -> ItemSet:
     return ItemSet(np.asarray(items.vectors), items.labels, items.groups, items.query, items.gallery, items.ids)
 
 
-def validation_pairs(items: ItemSet, rng: np.random.Generator, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
-    """Matching and as many non-matching (query, gallery) index pairs, half of the latter in-category."""
-    sampler = PairSampler(items, batch_size=limit, negatives=1.0, in_class=0.5)
-    anchors = sampler.queries[rng.integers(len(sampler.queries), size=limit)]
-    positives = sampler.partners(anchors, rng, matching=True)
-    negatives = sampler.partners(anchors, rng, matching=False)
-    keep = positives != anchors  # an item paired with itself says nothing
-    return np.stack([anchors[keep], positives[keep]], 1), np.stack([anchors, negatives], 1)
-
-
 def _trainer(config: FinetuneConfig, tower: Any, train: ItemSet) -> tuple[Any, Any, Any]:
     """The model to fit (the tower, or a pair of it), its loss, and the batch sampler."""
     margin = config.effective_margin
@@ -148,48 +151,68 @@ def _trainer(config: FinetuneConfig, tower: Any, train: ItemSet) -> tuple[Any, A
         train, config.batch_size, config.negatives_per_positive, config.in_class)
 
 
+def _fingerprint(config: FinetuneConfig, train: ItemSet) -> dict[str, Any]:
+    """What must not change for a checkpoint to be resumed: the settings and the training items."""
+    digest = hashlib.sha256()
+    for key, label in zip(train.ids, train.labels):
+        digest.update(f"{key}\t{label}\n".encode())
+    return dict(config.settings(), train_items=digest.hexdigest()[:16])
+
+
+def _fit(config: FinetuneConfig, tower: Any, train: ItemSet, val: ItemSet, val_pairs: Any) -> Any:
+    """Train (or go on training) the tower, checkpointing every epoch; returns the run's state with the
+    best epoch's weights loaded into ``tower``."""
+    import keras
+
+    from .checkpoint import EpochCheckpoint, load_state, partial_folder, restore
+    from .feed import SamplerDataset, ValidationCallback
+
+    folder = partial_folder(config.out)
+    state = load_state(folder, _fingerprint(config, train), config.restart)
+    model, loss, sampler = _trainer(config, tower, train)
+    model.compile(optimizer=keras.optimizers.Adam(config.effective_learning_rate), loss=loss)
+    if state.epochs_done:
+        restore(folder, tower, model)
+    if state.epochs_done < config.epochs and not state.stopped:
+        steps = config.steps_per_epoch or max(1, math.ceil(len(train) / config.batch_size))
+        dataset = SamplerDataset(PixelBatches(sampler), steps, config.seed)
+        dataset.epoch = state.epochs_done  # batch i of epoch e is seeded by (seed, e, i), resumed or not
+        validation = ValidationCallback(PixelEmbedder(tower), val, lambda e: evaluate_embeddings(e, val, val_pairs)[0])
+        checkpoint = EpochCheckpoint(folder, state, tower, monitor="val_top10", patience=config.patience)
+        model.fit(dataset, epochs=config.epochs, initial_epoch=state.epochs_done, shuffle=False,
+                  callbacks=[validation, checkpoint], verbose=1 if config.progress else 0)
+    restore(folder, tower, model, best=True)
+    return state
+
+
 def finetune(config: FinetuneConfig) -> FinetuneResult:
-    """Train the tower; the best epoch by validation top-10 is kept; resumes an unfinished run of ``out``.
+    """Train the tower, resuming an interrupted run of the same settings; the best epoch by validation
+    top-10 is kept (early stopping after ``patience`` epochs without a better one).
 
     Raises:
         FileNotFoundError, ValueError: bad inputs, named (``IdxError``, ``ManifestError`` are ValueErrors).
-        common.LockHeld: another process is writing ``out``.
+        common.LockHeld: another run is writing ``out`` (and not ``wait``).
     """
     config.validate()
-    import keras
-
-    from .feed import SamplerDataset
-    from .finetune_epochs import EpochMonitor
+    from .checkpoint import partial_folder
 
     out = Path(config.out)
-    with WriterLock(out):
+    with WriterLock(out, wait=config.wait):
         splits = load_splits(config)
         val = _decoded(limit_items(splits.val, config.eval_limit, config.seed))
-        val_pairs = validation_pairs(val, np.random.default_rng(config.seed))
+        val_pairs = _validation_pairs(val, np.random.default_rng(config.seed))
         raw, _ = evaluate_embeddings(raw_pixels(val.vectors), val, val_pairs)
         logger.info("raw pixels: validation top-1 %.3f top-10 %.3f", raw["top1"], raw["top10"])
         tower = build_tower(config.tower)
-        model, loss, sampler = _trainer(config, tower, splits.train)
-        optimizer = keras.optimizers.Adam(config.effective_learning_rate)
-        model.compile(optimizer=optimizer, loss=loss)
-        folder, settings = checkpoint_path(out), config.settings()
-        restored = load_checkpoint(folder, settings, tower, optimizer)
-        state, best = restored if restored else (EpochState(settings), tower.get_weights())
-        monitor = EpochMonitor(tower, val, lambda e: evaluate_embeddings(e, val, val_pairs)[0], state, best,
-                               folder, optimizer, config.patience)
-        steps = config.steps_per_epoch or max(1, math.ceil(len(splits.train) / config.batch_size))
-        if not monitor.finished(config.epochs):
-            dataset = SamplerDataset(PixelBatches(sampler), steps, config.seed)
-            dataset.epoch = state.epochs
-            model.fit(dataset, epochs=config.epochs, initial_epoch=state.epochs, shuffle=False,
-                      callbacks=[monitor], verbose=1 if config.progress else 0)
-        tower.set_weights(monitor.best)
+        state = _fit(config, tower, splits.train, val, val_pairs)
         figures, calibration = evaluate_embeddings(embed_pixels(tower, val.vectors), val, val_pairs)
         test = None
         if splits.test is not None:
             held = _decoded(limit_items(splits.test, config.eval_limit, config.seed))
-            pairs = validation_pairs(held, np.random.default_rng(config.seed + 1))
+            pairs = _validation_pairs(held, np.random.default_rng(config.seed + 1))
             test, _ = evaluate_embeddings(embed_pixels(tower, held.vectors), held, pairs, calibration)
+        settings = config.settings()
+        steps = config.steps_per_epoch or max(1, math.ceil(len(splits.train) / config.batch_size))
         report = {"format": TOWER_FORMAT, **settings, "calibration": calibration.__dict__,
                   "training": dict(settings["training"], epochs=config.epochs, patience=config.patience),
                   "data": dict(splits.source, train_items=len(splits.train), val_items=len(splits.val),
@@ -197,8 +220,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
                                evaluated_val_items=len(val), images_per_epoch=steps * _images_per_step(config)),
                   "validation": {"raw": raw, "tower": figures}, "test": test, "best_epoch": state.best_epoch}
         _write_run(out, tower, report, state.history, raw)
-        remove_checkpoint(folder)
-    return FinetuneResult(out, raw, figures, test, state.best_epoch, state.epochs)
+        shutil.rmtree(partial_folder(out), ignore_errors=True)
+    return FinetuneResult(out, raw, figures, test, state.best_epoch, state.epochs_done)
 
 
 def _images_per_step(config: FinetuneConfig) -> int:
@@ -213,7 +236,7 @@ def _write_run(out: Path, tower: Any, report: dict[str, Any], history: dict[str,
     from .plots import plot_training
 
     with atomic_path(out) as temp:
-        temp.mkdir()
+        temp.mkdir(parents=True)
         tower.save(temp / "model.keras")
         (temp / "config.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=float))
         (temp / "history.json").write_text(json.dumps(history, indent=2, sort_keys=True, default=float))

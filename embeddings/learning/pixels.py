@@ -56,6 +56,17 @@ def chunks(pixels: Any, size: int):
         yield np.asarray(pixels[start:start + size])
 
 
+class PixelEmbedder:
+    """The tower behind the head's ``predict(items, batch_size, verbose)`` interface (``feed.ValidationCallback``),
+    embedding images in chunks of ``batch_size`` images whatever the caller asks for."""
+
+    def __init__(self, tower: Any, batch_size: int = 64) -> None:
+        self.tower, self.batch_size = tower, batch_size
+
+    def predict(self, pixels: Any, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        return embed_pixels(self.tower, pixels, self.batch_size)
+
+
 class PixelBatches:
     """Wrap a head sampler (``TripletSampler``/``PairSampler`` over pixel items) so that its batches come
     back decoded: the samplers pick rows, this reads only those images."""

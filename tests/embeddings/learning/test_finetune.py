@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from embeddings.finetune import main
-from embeddings.learning import finetune_epochs
+from embeddings.learning import checkpoint
 from embeddings.learning.finetuning import FinetuneConfig, finetune
 from embeddings.learning.head import HeadConfig
 from embeddings.learning.tower import TowerConfig
-from embeddings.learning.tower_checkpoint import checkpoint_path
 
 from .generated import product_manifest, stripe_classes, write_idx_set
 
@@ -37,27 +36,28 @@ def test_tower_from_scratch_separates_classes_raw_pixels_do_not(tmp_path, stripe
     assert len(history["loss"]) == result.epochs_run == 4
     written = json.loads((folder / "config.json").read_text())
     assert written["tower"]["backbone"] == "small-cnn" and written["data"]["test_items"] == 120
-    assert 0 < written["calibration"]["threshold"] < 2 and not checkpoint_path(folder).exists()
+    assert 0 < written["calibration"]["threshold"] < 2 and not checkpoint.partial_folder(folder).exists()
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, stripes, monkeypatch):
     config = FinetuneConfig(out=tmp_path / "tower", fashion_mnist=stripes, tower=SMALL, epochs=3, steps_per_epoch=3,
                             batch_size=24, val_fraction=0.25, eval_limit=60)
     straight = finetune(FinetuneConfig(**{**config.__dict__, "out": tmp_path / "straight"}))
-    saved = finetune_epochs.save_checkpoint
+    saved = checkpoint.EpochCheckpoint._save
 
-    def killed_after_two(folder, state, *rest):
-        saved(folder, state, *rest)
-        if state.epochs == 2:
+    def killed_after_two(self, improved):
+        saved(self, improved)
+        if self.state.epochs_done == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_epochs, "save_checkpoint", killed_after_two)
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "_save", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         finetune(config)
-    assert checkpoint_path(config.out).is_dir() and not config.out.exists()
-    first = json.loads((checkpoint_path(config.out) / "state.json").read_text())
-    assert first["epochs"] == 2
-    monkeypatch.setattr(finetune_epochs, "save_checkpoint", saved)
+    partial = checkpoint.partial_folder(config.out)
+    assert (partial / "checkpoint").is_dir() and not config.out.exists()
+    first = json.loads((partial / "checkpoint" / "state.json").read_text())
+    assert first["epochs_done"] == 2
+    monkeypatch.setattr(checkpoint.EpochCheckpoint, "_save", saved)
     with pytest.raises(ValueError, match="other settings.*margin"):
         finetune(FinetuneConfig(**{**config.__dict__, "margin": 0.5}))
     resumed = finetune(config)
@@ -65,7 +65,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tmp_path, stripes, monkeypatch
     assert resumed.epochs_run == 3 and history["val_top1"][:2] == first["history"]["val_top1"]
     reference = json.loads((tmp_path / "straight" / "history.json").read_text())
     np.testing.assert_allclose(history["loss"], reference["loss"], rtol=1e-3)  # optimizer state restored too
-    assert not checkpoint_path(config.out).exists()
+    assert not partial.exists()
 
 
 def test_products_from_a_manifest_hold_out_products(tmp_path):
@@ -93,3 +93,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message, monke
     assert main(argv + ["--out", "run", "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and message in error
+
+
+def test_a_folder_with_other_files_is_not_replaced(tmp_path, capsys, stripes):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["--fashion-mnist", str(stripes), "--backbone", "small-cnn", "--out", str(out), "--quiet"]) == 2
+    assert "holds other files than a tower's (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
