@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from common import atomic_path
 
@@ -91,11 +91,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation so that the pixels are as a person sees the photo."""
-    return ImageOps.exif_transpose(image)
-
-
 _ORIENTATION_TAG = 0x0112
 _ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -106,6 +101,23 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation (2 to 8: turn the stored pixels), 1 when absent or unreadable (a browser then shows
+    the photo as stored). Read here, not by ``ImageOps.exif_transpose``, which also writes the EXIF back and
+    fails on tags it cannot write."""
+    try:
+        value = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 (untrusted bytes: Pillow raises SyntaxError, struct.error, ...)
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def upright(image: Image.Image, turn: int) -> Image.Image:
+    """``image`` turned by EXIF orientation ``turn`` so that the pixels are as a person sees the photo."""
+    method = _ORIENTATION_TRANSPOSE.get(turn)
+    return image if method is None else image.transpose(method)
 
 
 def clip_box(bbox: BBox, width: int, height: int) -> tuple[int, int, int, int]:
@@ -129,16 +141,12 @@ def clip_box(bbox: BBox, width: int, height: int) -> tuple[int, int, int, int]:
 def crop(image: Image.Image, bbox: BBox) -> Image.Image:
     """Cut ``bbox`` (in stored-pixel coordinates, clipped to the image) and return it upright, RGB."""
     box = clip_box(bbox, image.width, image.height)
-    part = image.crop(box)
-    method = _ORIENTATION_TRANSPOSE.get(image.getexif().get(_ORIENTATION_TAG, 1))
-    if method is not None:
-        part = part.transpose(method)
-    return to_rgb(part)
+    return to_rgb(upright(image.crop(box), orientation(image)))
 
 
 def whole(image: Image.Image) -> Image.Image:
     """The whole photo, upright and RGB."""
-    return to_rgb(upright(image))
+    return to_rgb(upright(image, orientation(image)))
 
 
 def load(path: str | Path) -> Image.Image:

@@ -115,3 +115,31 @@ def test_is_complete_jpeg_spots_empty_and_cut_files(tmp_path):
         path.write_bytes(broken)
         assert not images.is_complete_jpeg(path)
     assert not images.is_complete_jpeg(tmp_path / "missing.jpg")
+
+
+def exif_with_a_tag_pillow_cannot_write_back() -> bytes:
+    """EXIF saying "turn 90 degrees", whose Make tag (text) is relabelled Compression (a number): Pillow
+    reads the orientation, but writing this EXIF back (as ``ImageOps.exif_transpose`` does) raises
+    ``struct.error``."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "camera"
+    raw = bytearray(exif.tobytes())
+    raw[raw.index(b"\x01\x0f") + 1] = 0x03  # tag 0x010F becomes 0x0103
+    return bytes(raw)
+
+
+def test_exif_that_cannot_be_written_back_still_turns_the_photo_upright():
+    picture = make_image(40, 30)
+    decoded = images.decode(encode(picture, "PNG", exif=exif_with_a_tag_pillow_cannot_write_back()))
+    upright = np.rot90(np.asarray(picture), k=-1)
+    assert np.array_equal(np.asarray(images.whole(decoded)), upright)
+    assert np.array_equal(np.asarray(images.crop(decoded, BBox(0, 0, 20, 10))), upright[0:20, 20:30])
+
+
+def test_unreadable_exif_leaves_the_photo_as_stored():
+    picture = make_image(40, 30)
+    broken = b"ExiZ\x00\x00MM" + Image.Exif().tobytes()[8:]  # not a TIFF header: Pillow raises SyntaxError
+    decoded = images.decode(encode(picture, "PNG", exif=broken))
+    assert np.array_equal(np.asarray(images.whole(decoded)), np.asarray(picture))
+    assert np.array_equal(np.asarray(images.crop(decoded, BBox(2, 3, 5, 4))), np.asarray(picture)[3:7, 2:7])
