@@ -165,9 +165,11 @@ def load(path: str | Path) -> Image.Image:
 
 
 def save_jpeg(image: Image.Image, path: str | Path, quality: int = 95) -> None:
-    """Write a JPEG atomically and durably (``common.atomic_path``: temporary file, fsync, rename)."""
+    """Write a JPEG atomically and durably (``common.atomic_path``: temporary file, fsync, rename).
+
+    Pixels only: Pillow would copy the source's comment, and one over a JPEG marker's 64 kB raises."""
     with atomic_path(path) as temp:
-        image.save(temp, format="JPEG", quality=quality)
+        image.save(temp, format="JPEG", quality=quality, comment=b"")
 
 
 def is_complete_jpeg(path: str | Path) -> bool:

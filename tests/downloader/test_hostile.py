@@ -226,3 +226,27 @@ def test_a_photo_half_done_gets_its_missing_crop_and_every_manifest_line(hostile
     summary = download(config(meta, photos, out))
     assert summary.saved == 1  # only the empty crop was made again
     assert sorted(r["path"] for r in read_jsonl(out / "manifest.jsonl")) == ["street/1_5_0.jpg", "street/1_5_1.jpg"]
+
+
+def run_over_folder(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """Download the shop photos of a mirror folder holding ``files`` (name: bytes; names are photo ids)."""
+    folder, meta = tmp_path / "mirror", tmp_path / "meta"
+    folder.mkdir()
+    meta.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    ids = sorted(int(name.split(".")[0]) for name in files)
+    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in ids]))
+    download(DownloadConfig(meta=meta, photos_dir=folder, out=tmp_path / "out", workers=2))
+    return tmp_path / "out"
+
+
+def test_a_photo_with_a_comment_too_long_for_a_jpeg_is_saved_without_it(tmp_path):
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * 70_000)  # a JPEG marker holds at most 65,533 bytes
+    out = run_over_folder(tmp_path, {"1.png": encode(make_image(30, 20), "PNG", pnginfo=text), "2.jpg": JPEG})
+    assert reasons(out) == {}
+    with Image.open(out / "shop" / "1.jpg") as saved:
+        assert saved.size == (30, 20) and "comment" not in saved.info
