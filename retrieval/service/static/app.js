@@ -217,14 +217,15 @@ function matchCard(match) {
   image.addEventListener("error", () => frame.classList.add("missing"));
   frame.append(image, element("span", "rank", `#${match.rank}`));
   const body = element("div", "match-body");
-  const top = element("div", "match-top");
-  top.append(element("span", "product", `Product ${match.product}`), element("span", "score", percent(match.score)));
   const bar = element("div", "bar");
   const fill = element("i");
   fill.style.width = percent(match.score);
   bar.append(fill);
-  const details = element("div", "details", `${match.category} · photo ${match.photo} · d ${match.distance.toFixed(3)}`);
-  body.append(top, bar, details);
+  const scoreRow = element("div", "score-row");
+  scoreRow.append(bar, element("span", "score", percent(match.score)));
+  const details = element("div", "details", `${match.category} · dist ${match.distance.toFixed(3)}`);
+  item.title = `Shop photo ${match.photo}: same-item score ${match.score.toFixed(3)}`;
+  body.append(element("div", "product", `Product ${match.product}`), scoreRow, details);
   item.append(frame, body);
   return item;
 }
