@@ -131,7 +131,12 @@ class DownloadSummary:
 
 
 def _failure_key(record: dict[str, Any]) -> tuple[int, str | None]:
-    return record["photo"], record.get("path")
+    """A failure's photo and, when only one of its images failed, that image's path (types checked: the
+    records are sorted by them)."""
+    photo, path = record["photo"], record.get("path")
+    if isinstance(photo, bool) or not isinstance(photo, int) or not (path is None or isinstance(path, str)):
+        raise ValueError(f"photo {photo!r} is not an id, or path {path!r} is not text")
+    return photo, path
 
 
 def download(config: DownloadConfig) -> DownloadSummary:

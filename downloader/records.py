@@ -79,8 +79,10 @@ class RecordFile:
         for record in (read_jsonl(self.path, self.problems) if records is None else records):
             try:
                 self._records[self.key(record)] = record
-            except (KeyError, TypeError, ValueError) as error:
-                self.problems.append(f"{self.path}: a record without a usable {error} field: skipped")
+            except KeyError as error:
+                self.problems.append(f"{self.path}: a record without its {error} field: skipped")
+            except (TypeError, ValueError) as error:
+                self.problems.append(f"{self.path}: a record with a bad key ({error}): skipped")
         self._lock = threading.Lock()
         self._stream = None
 

@@ -250,3 +250,18 @@ def test_a_photo_with_a_comment_too_long_for_a_jpeg_is_saved_without_it(tmp_path
     assert reasons(out) == {}
     with Image.open(out / "shop" / "1.jpg") as saved:
         assert saved.size == (30, 20) and "comment" not in saved.info
+
+
+def test_failure_lines_of_the_wrong_types_are_reported_not_a_traceback(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, {**GOOD, 4: "big.png"})
+    out = tmp_path / "out"
+    download(config(meta, photos, out))
+    good = (out / "failures.jsonl").read_text()
+    bad = ['{"photo": "x", "reason": "r"}', '{"photo": 3, "path": 7, "reason": "r"}', '{"photo": null}',
+           '{"photo": true, "reason": "r"}']
+    (out / "failures.jsonl").write_text("\n".join(bad) + "\n" + good)
+    summary = download(config(meta, photos, out))  # the final rewrite sorted ints with strings: TypeError
+    assert summary.record_problems and len(summary.record_problems) == 4
+    assert "failures.jsonl" in summary.record_problems[0]
+    assert (out / "failures.jsonl").read_text() == good  # the bad lines are dropped, the good one kept
