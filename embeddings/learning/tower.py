@@ -208,10 +208,10 @@ class Tower:
 
 
 def tower_identity(folder: Path, config: dict[str, Any], model: Any) -> dict[str, Any]:
-    """Cache attributes for vectors made by this tower (``model`` is a hint for queries, not identity)."""
+    """What vectors made by this tower are: backbone ``tower:<name>``, the model file's hash as the weights."""
     return {"backbone": f"tower:{config['tower']['backbone']}", "layer": "embedding",
             "weights": file_hash(folder / "model.keras"), "input_size": [int(v) for v in model.input.shape[1:3]],
-            "dim": int(model.output.shape[-1]), "model": str(folder.resolve())}
+            "dim": int(model.output.shape[-1])}
 
 
 def load_tower(folder: str | Path) -> Tower:
