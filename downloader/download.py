@@ -134,8 +134,10 @@ def _failure_key(record: dict[str, Any]) -> tuple[int, str | None]:
     """A failure's photo and, when only one of its images failed, that image's path (types checked: the
     records are sorted by them)."""
     photo, path = record["photo"], record.get("path")
-    if isinstance(photo, bool) or not isinstance(photo, int) or not (path is None or isinstance(path, str)):
-        raise ValueError(f"photo {photo!r} is not an id, or path {path!r} is not text")
+    if isinstance(photo, bool) or not isinstance(photo, int):
+        raise ValueError(f"photo {photo!r} is not an integer id")
+    if path is not None and not isinstance(path, str):
+        raise ValueError(f"path {path!r} is neither text nor null")
     return photo, path
 
 
