@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -51,12 +52,19 @@ class Source(Protocol):
 
 
 def read_capped(path: Path, max_bytes: int) -> bytes:
-    """A local file's bytes, with the same size cap as a download."""
+    """A regular file's bytes, with the same size cap as a download (never more than the cap is read: a
+    ``file://`` URL may name a FIFO or ``/dev/zero``, whose size says 0)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FetchError("too large", f"{size} bytes, over --max-mb ({max_bytes} bytes)")
-        return path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchError("not a regular file", str(path))
+        if info.st_size > max_bytes:
+            raise FetchError("too large", f"{info.st_size} bytes, over --max-mb ({max_bytes} bytes)")
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise FetchError("too large", f"over --max-mb ({max_bytes} bytes)")
+        return data
     except FileNotFoundError:
         raise FetchError("missing file", str(path)) from None
     except OSError as error:

@@ -1,7 +1,9 @@
 """Local mirrors: a folder, an archive, file:// URLs and --mirror give the same crops as the HTTP path."""
 
 import json
+import os
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -187,3 +189,20 @@ def test_cli_reads_an_archive(tmp_path, capsys):
                  "--quiet"])
     assert code == 0 and len(read_jsonl(tmp_path / "out" / "manifest.jsonl")) == 7
     assert f"failed by host: archive {archive}: 1" in capsys.readouterr().out
+
+
+def test_a_local_file_that_is_not_a_regular_file_is_refused_unread(tmp_path):
+    from downloader.fetch import FetchError
+    from downloader.sources import read_capped
+
+    fifo = tmp_path / "7.jpg"
+    os.mkfifo(fifo)  # size 0 by stat, endless by read: /dev/zero as well
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"\0" * 100_000), daemon=True)
+    writer.start()
+    with pytest.raises(FetchError, match=r"^not a regular file: .*7\.jpg$"):
+        read_capped(fifo, max_bytes=1000)
+    if writer.is_alive():
+        fifo.read_bytes()  # let the writer go
+    writer.join(timeout=5)
+    with pytest.raises(FetchError, match="not a regular file"):
+        read_capped(Path("/dev/zero"), max_bytes=1000)
