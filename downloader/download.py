@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -35,6 +36,13 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 FAILURES = "failures.jsonl"
 PROBLEMS = "metadata_problems.jsonl"
+
+
+def _is_url(text: str) -> bool:
+    try:
+        return urlsplit(text).scheme in ("http", "https", "file")
+    except ValueError:  # "http://[::1"
+        return False
 
 
 @dataclass
@@ -78,7 +86,7 @@ class DownloadConfig:
             raise FileNotFoundError(f"{self.photos_dir}: photos folder does not exist")
         if self.photos_archive is not None and not Path(self.photos_archive).is_file():
             raise FileNotFoundError(f"{self.photos_archive}: photos archive does not exist")
-        if self.mirror is not None and not self.mirror.startswith(("http://", "https://", "file://")):
+        if self.mirror is not None and not _is_url(self.mirror):
             raise ValueError(f"--mirror must be an http://, https:// or file:// URL, got {self.mirror!r}")
         if self.mirror is not None and self.photos is None:
             raise ValueError("--mirror rewrites the URLs of --photos: give --photos too")

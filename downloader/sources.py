@@ -73,7 +73,11 @@ def read_capped(path: Path, max_bytes: int) -> bytes:
 
 def mirrored(url: str, mirror: str) -> str:
     """``url`` with the scheme and host of ``mirror`` (and its path as a prefix), keeping path and query."""
-    base, original = urlsplit(mirror), urlsplit(url)
+    base = urlsplit(mirror)
+    try:
+        original = urlsplit(url)
+    except ValueError:
+        return url  # no path to keep: left as it is, to fail as a bad URL
     return urlunsplit((base.scheme, base.netloc, base.path.rstrip("/") + original.path, original.query, ""))
 
 
@@ -91,7 +95,10 @@ class UrlSource:
         url = self.urls.get(photo)
         if url is None:
             return None
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. "http://[::1/x.jpg": the fetch fails with "bad url"
+            return Location(url, url, limited=True, source=self)
         if parts.scheme == "file":
             return Location("file://", url, source=self, key=Path(url2pathname(unquote(parts.path))))
         return Location(parts.netloc or url, url, limited=True, source=self)

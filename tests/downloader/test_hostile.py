@@ -189,6 +189,7 @@ def test_download_holds_the_writer_lock_while_it_runs(tmp_path):
     (["--max-mb", "0"], "error: the body cap (--max-mb) must be at least 1 byte, got 0"),
     (["--photos-dir", "nowhere"], "error: nowhere: photos folder does not exist"),
     (["--mirror", "ftp://x"], "error: --mirror must be an http://, https:// or file:// URL, got 'ftp://x'"),
+    (["--mirror", "http://[::1"], "error: --mirror must be an http://, https:// or file:// URL, got 'http://[::1'"),
     (["--workers", "many"], "error: argument --workers: invalid int value: 'many' (see --help)"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, extra, message):
@@ -265,3 +266,13 @@ def test_failure_lines_of_the_wrong_types_are_reported_not_a_traceback(hostile, 
     assert summary.record_problems and len(summary.record_problems) == 4
     assert "failures.jsonl" in summary.record_problems[0]
     assert (out / "failures.jsonl").read_text() == good  # the bad lines are dropped, the good one kept
+
+
+def test_a_url_that_does_not_parse_is_a_failure_and_the_run_goes_on(hostile, tmp_path):
+    server, _, _ = hostile
+    meta, photos = write_meta(tmp_path, server, GOOD)
+    photos.write_text(photos.read_text() + "000000009,http://[::1/broken.jpg\n")
+    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in (1, 6, 9)]))
+    out = tmp_path / "out"
+    summary = download(config(meta, photos, out))  # urlsplit raised ValueError: the run stopped, exit 2
+    assert summary.saved == 2 and reasons(out)[9].startswith("bad url")
