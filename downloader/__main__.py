@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,16 @@ from common import LockHeld
 from .download import DownloadConfig, download
 from .fetch import FetchConfig
 from .metadata import CATEGORIES, SPLITS
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):  # inf and nan: a traceback or a run where every fetch fails
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -59,13 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     polite = parser.add_argument_group("fetching")
     polite.add_argument("--workers", type=int, default=16, help="photos worked on at once (default: 16)")
     polite.add_argument("--per-host", type=int, default=4, help="most requests in flight to one host (default: 4)")
-    polite.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default: 10)")
+    polite.add_argument("--timeout", type=_finite, default=10.0, help="seconds per request (default: 10)")
     polite.add_argument("--retries", type=int, default=3,
                         help="retries on timeouts, connection errors and 5xx, never on 4xx; also the most "
                         "Retry-After waits per photo (default: 3)")
-    polite.add_argument("--max-wait", type=float, default=300.0,
+    polite.add_argument("--max-wait", type=_finite, default=300.0,
                         help="longest Retry-After (429/503) honoured, in seconds; longer is a failure (default: 300)")
-    polite.add_argument("--max-mb", type=float, default=30.0, help="largest photo accepted, in MB (default: 30)")
+    polite.add_argument("--max-mb", type=_finite, default=30.0, help="largest photo accepted, in MB (default: 30)")
     return parser
 
 

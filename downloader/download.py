@@ -9,6 +9,7 @@ time (``common.WriterLock``).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -95,8 +96,8 @@ class DownloadConfig:
         for name in ("workers", "per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait < 0:
-            raise ValueError(f"max_wait must be >= 0, got {self.max_wait}")
+        if not (math.isfinite(self.max_wait) and self.max_wait >= 0):
+            raise ValueError(f"max_wait must be a finite number >= 0, got {self.max_wait}")
         self.fetch.validate()
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:

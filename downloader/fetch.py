@@ -7,6 +7,7 @@ it raises ``RetryAfter`` so that the scheduler can put the photo aside without h
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -54,8 +55,12 @@ class FetchConfig:
     user_agent: str = "street2shop-search/0.1 (+research downloader)"
 
     def validate(self) -> None:
-        if self.timeout <= 0 or self.retries < 0:
-            raise ValueError(f"timeout must be > 0 and retries >= 0, got {self.timeout}, {self.retries}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):  # inf overflows the socket, nan fails it
+            raise ValueError(f"timeout must be a finite number > 0, got {self.timeout}")
+        if not (math.isfinite(self.backoff) and self.backoff >= 0):
+            raise ValueError(f"backoff must be a finite number >= 0, got {self.backoff}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.max_bytes < 1:
             raise ValueError(f"the body cap (--max-mb) must be at least 1 byte, got {self.max_bytes}")
 

@@ -191,6 +191,9 @@ def test_download_holds_the_writer_lock_while_it_runs(tmp_path):
     (["--mirror", "ftp://x"], "error: --mirror must be an http://, https:// or file:// URL, got 'ftp://x'"),
     (["--mirror", "http://[::1"], "error: --mirror must be an http://, https:// or file:// URL, got 'http://[::1'"),
     (["--workers", "many"], "error: argument --workers: invalid int value: 'many' (see --help)"),
+    (["--max-mb", "inf"], "error: argument --max-mb: 'inf' is not a finite number (see --help)"),
+    (["--timeout", "nan"], "error: argument --timeout: 'nan' is not a finite number (see --help)"),
+    (["--max-wait", "1e999"], "error: argument --max-wait: '1e999' is not a finite number (see --help)"),
 ])
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, extra, message):
     (tmp_path / "photos.txt").write_text("")
@@ -276,3 +279,14 @@ def test_a_url_that_does_not_parse_is_a_failure_and_the_run_goes_on(hostile, tmp
     out = tmp_path / "out"
     summary = download(config(meta, photos, out))  # urlsplit raised ValueError: the run stopped, exit 2
     assert summary.saved == 2 and reasons(out)[9].startswith("bad url")
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"fetch": FetchConfig(timeout=float("nan"))}, "timeout must be a finite number > 0, got nan"),
+    ({"fetch": FetchConfig(timeout=float("inf"))}, "timeout must be a finite number > 0, got inf"),
+    ({"max_wait": float("nan")}, "max_wait must be a finite number >= 0, got nan"),
+])
+def test_settings_that_are_not_finite_numbers_are_refused(tmp_path, settings, message):
+    (tmp_path / "photos.txt").write_text("")
+    with pytest.raises(ValueError, match=message):
+        download(DownloadConfig(meta=tmp_path, photos=tmp_path / "photos.txt", out=tmp_path / "out", **settings))
