@@ -93,12 +93,14 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
         except ValueError as error:
             raise HTTPException(400, str(error)) from None
 
+    def network_input(data: bytes, box: BBox | None) -> np.ndarray:
+        return engine.extractor.prepare(decode_photo(data, box, config.max_pixels))
+
     async def prepare(data: bytes, box: BBox | None, field: str) -> np.ndarray:
         """The network input for an uploaded photo; 400 for a photo that is not usable or a box outside it."""
         try:
             with batcher.arriving():
-                photo = await run_in_threadpool(decode_photo, data, box, config.max_pixels)
-                return await run_in_threadpool(engine.extractor.prepare, photo)
+                return await run_in_threadpool(network_input, data, box)
         except ImageError as error:
             raise HTTPException(400, f"{field}: {error}") from None
 
