@@ -54,7 +54,8 @@ class ArchiveSource:
                 infos = [info for info in self._tar.getmembers() if info.isfile()]
                 self.members = index_names([(info.name, info) for info in infos], str(self.path))
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
-            raise ArchiveError(f"{self.path}: not a readable .tar, .tar.gz or .zip archive ({error})") from None
+            why = " ".join(str(error).split())[:200]  # tarfile's lists the methods it tried, a line each
+            raise ArchiveError(f"{self.path}: not a readable .tar, .tar.gz or .zip archive ({why})") from None
         self._order = {id(info): number for number, info in enumerate(infos)}
         logger.info("%s: %d photos", self.path, len(self.members))
 
