@@ -94,16 +94,22 @@ def read_photos(path: str | Path) -> dict[int, str]:
     """
     path = Path(path)
     urls: dict[int, str] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            photo, sep, url = line.partition(",")
-            if not sep or not photo.strip().isdigit() or not url.strip():
-                raise MetadataError(f"{path} line {number}: expected '<id>,<url>', got {line[:80]!r}")
-            urls[int(photo)] = url.strip()
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        photo, sep, url = line.partition(",")
+        if not sep or not (photo.strip().isascii() and photo.strip().isdigit()) or not url.strip():
+            raise MetadataError(f"{path} line {number}: expected '<id>,<url>', got {line[:80]!r}")
+        urls[int(photo)] = url.strip()
     return urls
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise MetadataError(f"{path}: not UTF-8 text (byte {error.start}): is it the right file?") from None
 
 
 def _number(value: object) -> float:
@@ -130,7 +136,7 @@ def _parse_bbox(raw: object) -> BBox:
 
 def _load_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise MetadataError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
     if not isinstance(data, list):

@@ -92,3 +92,21 @@ def test_reads_every_real_street2shop_entry():
     paths = {(p.photo, p.product, p.index) for p in result.pairs}
     assert len(paths) == len(result.pairs)  # regression: product 25822 is in footwear and tops
     assert sum(1 for p in result.pairs if p.split == "test") == 8637
+
+
+def test_files_that_are_not_utf8_text_name_the_file(tmp_path):
+    photos = tmp_path / "photos.txt"
+    photos.write_bytes(b"\xff\xd8\xff\xe0 a JPEG given as photos.txt")
+    with pytest.raises(MetadataError, match=r"photos\.txt: not UTF-8 text"):
+        read_photos(photos)
+    write(tmp_path / "meta", "retrieval_bags.json", "[]")
+    (tmp_path / "meta" / "retrieval_bags.json").write_bytes(b'[{"photo": 1, "product": "\xff"}]')
+    with pytest.raises(MetadataError, match=r"retrieval_bags\.json: not UTF-8 text"):
+        read_metadata(tmp_path / "meta", ["bags"])
+
+
+def test_photos_txt_id_of_digits_that_int_refuses_names_the_line(tmp_path):
+    path = tmp_path / "photos.txt"
+    path.write_text("²,http://a/2.jpg\n", encoding="utf-8")  # str.isdigit() is true for "²"
+    with pytest.raises(MetadataError, match=r"photos.txt line 1: expected '<id>,<url>'"):
+        read_photos(path)
