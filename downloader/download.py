@@ -99,12 +99,12 @@ class DownloadConfig:
         if not (math.isfinite(self.max_wait) and self.max_wait >= 0):
             raise ValueError(f"max_wait must be a finite number >= 0, got {self.max_wait}")
         self.fetch.validate()
-        bad = [s for s in self.splits if s not in SPLITS]
-        if bad:
-            raise ValueError(f"unknown splits {bad}; expected some of {list(SPLITS)}")
-        bad = [c for c in self.categories if c not in CATEGORIES]
-        if bad:
-            raise ValueError(f"unknown categories {bad}; expected some of {list(CATEGORIES)}")
+        for name, given, known in (("splits", self.splits, SPLITS), ("categories", self.categories, CATEGORIES)):
+            if not given:  # else a run that does nothing and says it succeeded
+                raise ValueError(f"no {name} given; expected some of {list(known)}")
+            bad = [value for value in given if value not in known]
+            if bad:
+                raise ValueError(f"unknown {name} {bad}; expected some of {list(known)}")
 
 
 @dataclass

@@ -191,6 +191,9 @@ def test_download_holds_the_writer_lock_while_it_runs(tmp_path):
     (["--mirror", "ftp://x"], "error: --mirror must be an http://, https:// or file:// URL, got 'ftp://x'"),
     (["--mirror", "http://[::1"], "error: --mirror must be an http://, https:// or file:// URL, got 'http://[::1'"),
     (["--workers", "many"], "error: argument --workers: invalid int value: 'many' (see --help)"),
+    (["--splits", ","], "error: no splits given; expected some of ['train', 'test']"),
+    (["--categories", ""], "error: no categories given; expected some of ['bags', 'belts', 'dresses', 'eyewear', "
+                           "'footwear', 'hats', 'leggings', 'outerwear', 'pants', 'skirts', 'tops']"),
     (["--max-mb", "inf"], "error: argument --max-mb: 'inf' is not a finite number (see --help)"),
     (["--timeout", "nan"], "error: argument --timeout: 'nan' is not a finite number (see --help)"),
     (["--max-wait", "1e999"], "error: argument --max-wait: '1e999' is not a finite number (see --help)"),
