@@ -101,7 +101,8 @@ class UrlSource:
             return Location(url, url, limited=True, source=self)
         if parts.scheme == "file":
             return Location("file://", url, source=self, key=Path(url2pathname(unquote(parts.path))))
-        return Location(parts.netloc or url, url, limited=True, source=self)
+        host = parts.netloc.rpartition("@")[2]  # without "user:password@": hosts are printed in the summary
+        return Location(host or url, url, limited=True, source=self)
 
     def read(self, location: Location) -> bytes:
         if isinstance(location.key, Path):

@@ -122,3 +122,14 @@ def test_host_queues_take_turns_cap_and_pause():
     assert queues.take() == ("a", "a2")
     with pytest.raises(ValueError, match="per_host must be at least 1, got 0"):
         HostQueues(per_host=0)
+
+
+def test_failures_are_grouped_by_host_without_the_credentials_of_the_url(tmp_path):
+    with LoopbackServer({}) as server:
+        host = server.base_url.removeprefix("http://")
+        meta, photos = write_meta(tmp_path, {1: f"http://reader:s3cret@{host}/gone.jpg"})
+        summary = download(config(meta, photos, tmp_path))
+    assert summary.failed_hosts == {host: 1}  # the summary is printed: no password in it
+    assert "s3cret" not in "\n".join(summary.lines())
+    [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failure["host"] == host and failure["reason"] == "http 404: Not Found"
