@@ -127,6 +127,8 @@ def train(vectors: np.ndarray, factory: str, config: AnnConfig, held: np.ndarray
     for level in (index, faiss.downcast_index(index)):
         if hasattr(level, "do_polysemous_training"):
             level.do_polysemous_training = False  # Hamming codes we never use: minutes of training on 2 cores
+        if hasattr(level, "pq"):  # FAISS's k-means is slow on short sub-vectors: 16k points per codebook suffice
+            level.pq.cp.max_points_per_centroid = 64
     if not index.is_trained:
         rng = np.random.default_rng(config.seed)
         pool = np.setdiff1d(np.arange(len(vectors)), held)
