@@ -9,9 +9,11 @@ the few members that it passes before their worker asks for them.
 from __future__ import annotations
 
 import logging
+import lzma
 import tarfile
 import threading
 import zipfile
+import zlib
 from collections import deque
 from pathlib import Path
 
@@ -21,6 +23,10 @@ from .sources import Location, index_names
 logger = logging.getLogger(__name__)
 
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+# What reading a damaged or unusual archive raises: zipfile refuses encrypted members (RuntimeError) and
+# some compression methods (NotImplementedError); zlib and lzma have errors of their own.
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError,
+                RuntimeError, zlib.error, lzma.LZMAError)
 
 
 class ArchiveError(ValueError):
@@ -53,7 +59,7 @@ class ArchiveSource:
                 self._tar = tarfile.open(self.path, "r:*")
                 infos = [info for info in self._tar.getmembers() if info.isfile()]
                 self.members = index_names([(info.name, info) for info in infos], str(self.path))
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        except _READ_ERRORS as error:
             why = " ".join(str(error).split())[:200]  # tarfile's lists the methods it tried, a line each
             raise ArchiveError(f"{self.path}: not a readable .tar, .tar.gz or .zip archive ({why})") from None
         self._order = {id(info): number for number, info in enumerate(infos)}
@@ -83,7 +89,7 @@ class ArchiveSource:
                 if self.compressed:
                     return self._read_forward(info)
                 return self._tar.extractfile(info).read()
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        except _READ_ERRORS as error:
             raise FetchError("unreadable archive member", f"{location.address}: {error}"[:200]) from None
 
     def _read_forward(self, info: tarfile.TarInfo) -> bytes:

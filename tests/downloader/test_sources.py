@@ -207,3 +207,30 @@ def test_a_local_file_that_is_not_a_regular_file_is_refused_unread(tmp_path):
     writer.join(timeout=5)
     with pytest.raises(FetchError, match="not a regular file"):
         read_capped(Path("/dev/zero"), max_bytes=1000)
+
+
+def zip_marked(path: Path, files: dict[str, bytes], marks: dict[str, tuple[int, int]]) -> None:
+    """A zip of ``files`` whose central directory gives ``marks[name] = (flags, method)``: flag 1 is
+    "encrypted" and method 9 Deflate64, both of which zipfile cannot read."""
+    with zipfile.ZipFile(path, "w") as handle:
+        for name, data in files.items():
+            handle.writestr(name, data)
+    raw = bytearray(path.read_bytes())
+    for name, (flags, method) in marks.items():
+        entry = raw.rindex(b"PK\x01\x02", 0, raw.rindex(name.encode()))  # the name's central directory entry
+        raw[entry + 8:entry + 12] = flags.to_bytes(2, "little") + method.to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+
+
+def test_archive_members_zipfile_cannot_read_are_failures_and_the_run_goes_on(tmp_path):
+    photo = encode(make_image(30, 20), "JPEG")
+    archive = tmp_path / "photos.zip"
+    zip_marked(archive, {"1.jpg": photo, "2.jpg": photo, "3.jpg": photo}, {"1.jpg": (1, 0), "2.jpg": (0, 9)})
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "retrieval_bags.json").write_text(json.dumps([{"photo": p, "product": p} for p in (1, 2, 3)]))
+    summary = download(DownloadConfig(meta=meta, out=tmp_path / "out", photos_archive=archive))
+    found = {r["photo"]: r["reason"] for r in read_jsonl(tmp_path / "out" / "failures.jsonl")}
+    assert summary.saved == 1 and sorted(found) == [1, 2]
+    assert "encrypted" in found[1] and "compression method is not supported" in found[2]
+    assert all(reason.startswith(f"unreadable archive member: {archive}!") for reason in found.values())
