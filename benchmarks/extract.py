@@ -134,7 +134,11 @@ def precision_figures(paths: list[Path], backbone: str, count: int) -> dict[str,
 
 
 def engine_figures(root: Path, args: argparse.Namespace, engines: list[str]) -> dict[str, object]:
-    """(e): each engine's whole build of the same photos, the network built inside (Ray started first)."""
+    """(e): each engine's whole build of the same photos, the network built inside (Ray started first), and
+    its steady rate: images after the first batch over the time after the first batch."""
+    from embeddings.extraction.distributor import open_engine
+    from embeddings.extraction.pipeline import list_items
+
     figures: dict[str, object] = {}
     if "ray" in engines:
         import ray
@@ -149,9 +153,49 @@ def engine_figures(root: Path, args: argparse.Namespace, engines: list[str]) -> 
         start = time.perf_counter()
         summary = build(config)
         figures[f"{engine}_images_per_s"] = summary.computed / (time.perf_counter() - start)
+        todo = [(key, path) for key, path, _ in list_items(config)[0]]
+        runner = open_engine(config)
+        first, count = None, 0
+        for batch in runner.batches(todo):
+            if first is None:
+                first = time.perf_counter()
+            else:
+                count += len(batch.ids)
+        figures[f"{engine}_steady_images_per_s"] = count / (time.perf_counter() - first)
+        runner.close()
     if "ray" in engines and "local" in engines:
         figures["ray_over_local"] = figures["ray_images_per_s"] / figures["local_images_per_s"]
+        figures["ray_over_local_steady"] = figures["ray_steady_images_per_s"] / figures["local_steady_images_per_s"]
     return figures
+
+
+def pipeline_figures(root: Path, args: argparse.Namespace, paths: list[Path]) -> dict[str, float]:
+    """(a), (b), (c) on the same photos and the same network."""
+    extractor = Extractor(args.backbone, weights=None, batch_size=args.batch_size, decode=args.decode,
+                          precision=args.precision)
+    warm = np.stack([extractor.prepare(p) for p in paths[: args.batch_size]])
+    extractor.predict(warm)  # compile for the full batch shape
+    extractor.predict(warm[:1])
+    tail = args.images % args.batch_size
+    if tail:
+        extractor.predict(warm[:tail])
+    start = time.perf_counter()
+    summary = build(BuildConfig(out=root / "v.h5", images=root / "photos", batch_size=args.batch_size,
+                                decode=args.decode, precision=args.precision), extractor)
+    pipeline = args.images / (time.perf_counter() - start)
+    assert summary.computed == args.images
+    inputs = np.stack([extractor.prepare(p) for p in paths])
+    start = time.perf_counter()
+    for i in range(0, len(inputs), args.batch_size):
+        extractor.predict(inputs[i:i + args.batch_size])
+    bare = args.images / (time.perf_counter() - start)
+    subset = paths[: args.naive_images or args.images]
+    naive(extractor, subset[:2], root / "warm.h5")
+    start = time.perf_counter()
+    naive(extractor, subset, root / "naive.h5")
+    loop = len(subset) / (time.perf_counter() - start)
+    return {"pipeline_images_per_s": pipeline, "bare_network_images_per_s": bare, "naive_loop_images_per_s": loop,
+            "pipeline_over_bare": pipeline / bare, "pipeline_over_naive": pipeline / loop}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,79 +207,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-images", type=int, default=None, help="images for (c) (default: all)")
     parser.add_argument("--precision", default="float32", help="precision of (a), (b) and (e)")
     parser.add_argument("--decode", default="exact", help="decoding of (a) and (e)")
-    parser.add_argument("--engines", default="local,ray", help="engines for (e); empty to skip")
+    parser.add_argument("--engines", default="local,ray", help="engines for (e)")
     parser.add_argument("--decode-images", type=int, default=64, help="photos for (d)")
-    parser.add_argument("--cosine-images", type=int, default=16, help="photos for (f); 0 to skip")
+    parser.add_argument("--cosine-images", type=int, default=16, help="photos for (f)")
     parser.add_argument("--cosine-backbones", default="mobilenet_v2,vgg19", help="backbones for (f)")
-    parser.add_argument("--bf16-images", type=int, default=32, help="photos for (g) with mobilenet_v2; 0 to skip")
-    parser.add_argument("--bf16-vgg-images", type=int, default=4, help="photos for (g) with vgg19; 0 to skip")
+    parser.add_argument("--bf16-images", type=int, default=32, help="photos for (g) with mobilenet_v2")
+    parser.add_argument("--bf16-vgg-images", type=int, default=4, help="photos for (g) with vgg19")
+    parser.add_argument("--sections", default="pipeline,decode,engines,cosine,bf16",
+                        help="which of (a-c) pipeline, (d) decode, (e) engines, (f) cosine, (g) bf16 to run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
 
     import keras
 
-    extractor = Extractor(args.backbone, weights=None, batch_size=args.batch_size, decode=args.decode,
-                          precision=args.precision)
+    sections = set(args.sections.split(","))
+    figures: dict[str, object] = {"backend": keras.backend.backend(), "backbone": args.backbone, "images": args.images,
+                                  "batch_size": args.batch_size, "photo_size": args.size, "cpus": os.cpu_count(),
+                                  "precision": args.precision, "decode": args.decode}
+    print(f"backend {figures['backend']}, {args.backbone}, {args.images} photos of {args.size}, "
+          f"batch {args.batch_size}, {args.precision}, decode {args.decode}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as temp:
         root = Path(temp)
         (root / "photos").mkdir()
-        paths = make_photos(root / "photos", args.images, size)
-        warm = np.stack([extractor.prepare(p) for p in paths[: args.batch_size]])
-        extractor.predict(warm)  # compile for the full batch shape
-        extractor.predict(warm[:1])
-        tail = args.images % args.batch_size
-        if tail:
-            extractor.predict(warm[:tail])
-
-        start = time.perf_counter()
-        summary = build(BuildConfig(out=root / "v.h5", images=root / "photos", batch_size=args.batch_size,
-                                    decode=args.decode, precision=args.precision), extractor)
-        pipeline = args.images / (time.perf_counter() - start)
-        assert summary.computed == args.images
-
-        inputs = np.stack([extractor.prepare(p) for p in paths])
-        start = time.perf_counter()
-        for i in range(0, len(inputs), args.batch_size):
-            extractor.predict(inputs[i:i + args.batch_size])
-        bare = args.images / (time.perf_counter() - start)
-
-        subset = paths[: args.naive_images or args.images]
-        naive(extractor, subset[:2], root / "warm.h5")
-        start = time.perf_counter()
-        naive(extractor, subset, root / "naive.h5")
-        loop = len(subset) / (time.perf_counter() - start)
-
         (root / "decode").mkdir()
+        paths = make_photos(root / "photos", args.images, size)
         many = make_photos(root / "decode", max(args.decode_images, args.cosine_images, args.bf16_images), size)
-        rates = {mode: decode_rate(many[:args.decode_images], extractor.spec.input_size, mode) for mode in ("exact", "fast")}
-        engines = engine_figures(root, args, [e for e in args.engines.split(",") if e])
-        decoding = decode_figures(many, [b for b in args.cosine_backbones.split(",") if b], args.cosine_images) \
-            if args.cosine_images else {}
-        precision = {}
-        if args.bf16_images:
-            precision["mobilenet_v2"] = precision_figures(many, "mobilenet_v2", args.bf16_images)
-        if args.bf16_vgg_images:
-            precision["vgg19"] = precision_figures(many, "vgg19", args.bf16_vgg_images)
-
-    figures = {"backend": keras.backend.backend(), "backbone": args.backbone, "images": args.images,
-               "batch_size": args.batch_size, "photo_size": args.size, "cpus": os.cpu_count(),
-               "pipeline_images_per_s": pipeline, "bare_network_images_per_s": bare,
-               "naive_loop_images_per_s": loop, "pipeline_over_bare": pipeline / bare,
-               "pipeline_over_naive": pipeline / loop, "precision": args.precision, "decode": args.decode,
-               "decode_images_per_s_one_core": rates, "engines": engines, "fast_vs_exact": decoding,
-               "bf16_vs_f32": precision}
-    print(f"backend {figures['backend']}, {args.backbone}, {args.images} photos of {args.size}, "
-          f"batch {args.batch_size}, {args.precision}, decode {args.decode}, {os.cpu_count()} CPUs")
-    print(f"(a) build pipeline:   {pipeline:9.1f} images/s")
-    print(f"(b) bare network:     {bare:9.1f} images/s")
-    print(f"(c) naive loop:       {loop:9.1f} images/s")
-    print(f"(a)/(b) = {pipeline / bare:.2f}   (a)/(c) = {pipeline / loop:.2f}")
-    print(f"(d) decode only, one core: exact {rates['exact']:.1f}, fast {rates['fast']:.1f} images/s "
-          f"({rates['fast'] / rates['exact']:.2f}x)")
-    print(f"(e) engines: {json.dumps(engines)}")
-    print(f"(f) fast vs exact: {json.dumps(decoding)}")
-    print(f"(g) bfloat16 vs float32: {json.dumps(precision)}")
+        if "pipeline" in sections:
+            found = pipeline_figures(root, args, paths)
+            figures.update(found)
+            print(f"(a) build pipeline {found['pipeline_images_per_s']:.2f} images/s; (b) bare network "
+                  f"{found['bare_network_images_per_s']:.2f}; (c) naive loop {found['naive_loop_images_per_s']:.2f}; "
+                  f"(a)/(b) = {found['pipeline_over_bare']:.2f}; (a)/(c) = {found['pipeline_over_naive']:.2f}")
+        if "decode" in sections:
+            rates = {mode: decode_rate(many[:args.decode_images], (224, 224), mode) for mode in ("exact", "fast")}
+            figures["decode_images_per_s_one_core"] = rates
+            print(f"(d) decode only, one core: exact {rates['exact']:.1f}, fast {rates['fast']:.1f} images/s "
+                  f"({rates['fast'] / rates['exact']:.2f}x)")
+        if "engines" in sections:
+            figures["engines"] = engine_figures(root, args, [e for e in args.engines.split(",") if e])
+            print(f"(e) engines: {json.dumps(figures['engines'])}")
+        if "cosine" in sections:
+            figures["fast_vs_exact"] = decode_figures(many, args.cosine_backbones.split(","), args.cosine_images)
+            print(f"(f) fast vs exact: {json.dumps(figures['fast_vs_exact'])}")
+        if "bf16" in sections:
+            counts = {"mobilenet_v2": args.bf16_images, "vgg19": args.bf16_vgg_images}
+            figures["bf16_vs_f32"] = {name: precision_figures(many, name, count) for name, count in counts.items() if count}
+            print(f"(g) bfloat16 vs float32: {json.dumps(figures['bf16_vs_f32'])}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                          gpus_per_worker=args.gpus_per_worker, strict=args.strict, wait=args.wait)
     try:
         summary = build(config)
-    except (FileNotFoundError, ValueError, CacheError, WeightsUnavailableError, LockHeld, ManifestError) as error:
+    except (FileNotFoundError, ValueError, CacheError, WeightsUnavailableError, LockHeld, ManifestError,
+            ConnectionError) as error:  # ConnectionError: no Ray cluster at --ray-address
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,7 +43,10 @@ class LocalEngine:
 def open_engine(config: Any, extractor: Extractor | None = None) -> Engine:
     """The engine ``config.engine`` names (a ``BuildConfig``); ``extractor`` is used by the local one."""
     if config.engine == "ray":
-        from .ray_engine import RayEngine  # Ray only on this path
+        try:
+            from .ray_engine import RayEngine  # Ray only on this path
+        except ImportError as error:
+            raise ValueError(f"the ray engine needs Ray ({error}): pip install -e '.[ray]'") from None
 
         return RayEngine(config)
     extractor = extractor or Extractor(config.backbone, config.weights, config.batch_size, config.workers,
