@@ -58,12 +58,24 @@ class ArchiveSource:
             else:
                 self._tar = tarfile.open(self.path, "r:*")
                 infos = [info for info in self._tar.getmembers() if info.isfile()]
+                self._check_listed_whole()
                 self.members = index_names([(info.name, info) for info in infos], str(self.path))
+        except ArchiveError:
+            raise
         except _READ_ERRORS as error:
             why = " ".join(str(error).split())[:200]  # tarfile's lists the methods it tried, a line each
             raise ArchiveError(f"{self.path}: not a readable .tar, .tar.gz or .zip archive ({why})") from None
         self._order = {id(info): number for number, info in enumerate(infos)}
         logger.info("%s: %d photos", self.path, len(self.members))
+
+    def _check_listed_whole(self) -> None:
+        """tarfile ends its listing at a bad header without a word, and every photo past it would read as missing:
+        past the last member only zero blocks may follow (read on from where the listing stopped: cheap)."""
+        while chunk := self._tar.fileobj.read(1 << 20):
+            if chunk.strip(b"\0"):
+                last = self._tar.members[-1].name if self._tar.members else None
+                raise ArchiveError(f"{self.path}: unreadable after member {last!r} (damaged, or tars joined "
+                                   "end to end): the photos past it cannot be listed; repair it or fetch it again")
 
     def locate(self, photo: int) -> Location | None:
         info = self.members.get(photo)

@@ -234,3 +234,25 @@ def test_archive_members_zipfile_cannot_read_are_failures_and_the_run_goes_on(tm
     assert summary.saved == 1 and sorted(found) == [1, 2]
     assert "encrypted" in found[1] and "compression method is not supported" in found[2]
     assert all(reason.startswith(f"unreadable archive member: {archive}!") for reason in found.values())
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_tar_damaged_in_the_middle_is_refused_not_listed_in_part(tmp_path, compress):
+    import gzip
+    import io
+
+    photo = encode(make_image(30, 20), "JPEG")
+    stream = io.BytesIO()
+    with tarfile.open(fileobj=stream, mode="w") as handle:
+        for name in ("1.jpg", "2.jpg", "3.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = len(photo)
+            handle.addfile(info, io.BytesIO(photo))
+    raw = bytearray(stream.getvalue())
+    second = raw.index(b"2.jpg\0")
+    raw[second:second + 100] = b"\x01" * 100  # a bad header: tarfile's listing ends there without a word
+    archive = tmp_path / ("photos.tar.gz" if compress else "photos.tar")
+    archive.write_bytes(gzip.compress(bytes(raw)) if compress else bytes(raw))
+    write_meta(tmp_path)
+    with pytest.raises(ArchiveError, match=r"^\S*photos\.tar(\.gz)?: unreadable after member '1\.jpg' \(damaged"):
+        download(DownloadConfig(meta=tmp_path / "meta", out=tmp_path / "out", photos_archive=archive))
