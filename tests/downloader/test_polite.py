@@ -101,6 +101,7 @@ def test_parse_retry_after_seconds_and_http_dates():
     assert parse_retry_after(formatdate(1_000_030, usegmt=True), now=1_000_000) == pytest.approx(30.0)
     assert parse_retry_after(formatdate(999_000, usegmt=True), now=1_000_000) == 0.0  # a date in the past
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("-3") is None
+    assert parse_retry_after("\u00b2") is None  # str.isdigit() is true for "²", float() refuses it
 
 
 def test_host_queues_take_turns_cap_and_pause():
