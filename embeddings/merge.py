@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
 from pathlib import Path
 
 from common import LockHeld
@@ -41,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
           + (f" ({summary.duplicates} duplicate ids skipped)" if summary.duplicates else ""))
     return 0
 
+
+
+class _CallableModule(types.ModuleType):
+    """``embeddings.merge`` is both this command and the function the package exports: importing the
+    command rebinds the package's attribute to the module, so the module calls through to the function."""
+
+    def __call__(self, *args, **kwargs):
+        return merge(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

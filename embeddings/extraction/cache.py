@@ -376,8 +376,13 @@ class CacheWriter:
             self.ids = set(_read_ids(handle, _count(handle)))
         try:
             return h5py.File(self.path, "a", libver="latest")
-        except OSError:  # left open by a killed run (we hold the lock): keep its complete rows
-            logger.warning("%s was not closed cleanly; keeping its %d complete rows", self.path, len(self.ids))
+        except OSError as error:  # we hold the lock: no other writer; copy the complete rows to a new file
+            if "already open for write" in str(error):
+                logger.warning("%s was not closed cleanly (a killed run?); keeping its %d complete rows",
+                               self.path, len(self.ids))
+            else:  # HDF5's own file lock: a reader has it open, and goes on reading the old file
+                logger.warning("%s is open in another process (%s); appending to a copy of its %d rows",
+                               self.path, str(error).splitlines()[0][:120], len(self.ids))
             _repair(self.path, found)
             return h5py.File(self.path, "a", libver="latest")
 

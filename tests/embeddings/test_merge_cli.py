@@ -108,3 +108,17 @@ def test_command_line_prints_no_traceback(tmp_path):
                              "--out", str(tmp_path / "m.h5")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nope.h5'}: vector cache does not exist"
+
+
+def test_the_exported_functions_survive_importing_the_commands(tmp_path):
+    """Regression: importing the command ``embeddings.merge`` (or ``embeddings.train``) rebound the package's
+    ``merge`` (``train``) function to the module, and ``embeddings.merge(...)`` raised 'module is not callable'."""
+    import embeddings
+    import embeddings.merge  # noqa: F401
+    import embeddings.train  # noqa: F401
+    from embeddings import TrainConfig
+
+    _part(tmp_path / "a.h5", ["x"], 1)
+    assert embeddings.merge([tmp_path / "a.h5"], tmp_path / "m.h5").rows == 1
+    with pytest.raises(FileNotFoundError, match="nope.h5: vector cache does not exist"):
+        embeddings.train(TrainConfig(vectors=tmp_path / "nope.h5", out=tmp_path / "head"))

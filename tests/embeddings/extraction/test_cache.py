@@ -96,48 +96,59 @@ def test_killed_writer_leaves_a_readable_cache_that_resumes(tmp_path, delay):
 
 
 SLOW_WRITER = textwrap.dedent("""
-    import sys, time, numpy as np
+    import logging, os, sys, time, numpy as np
     from common import LockHeld
     from embeddings import CacheWriter
-    path, prefix, batches, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "wait"
+    logging.basicConfig(level=logging.WARNING)
+    path, prefix, batches, wait, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "wait", sys.argv[5]
     attrs = {"backbone": "vgg19", "layer": "fc2", "weights": "imagenet", "input_size": [224, 224], "dim": 6}
     try:
         with CacheWriter(path, attrs, **({"wait": True} if wait else {})) as writer:
-            for step in range(batches):
+            step = 0
+            while step < batches or not os.path.exists(stop):  # at least ``batches``, then until told to stop
                 writer.append([f"{prefix}{step}-{i}" for i in range(4)], np.full((4, 6), step, np.float32))
                 print(step, flush=True)
                 time.sleep(0.02)
+                step += 1
     except LockHeld as error:
         print(error, file=sys.stderr)
         sys.exit(3)
 """)
 
 
-def _writer(path, prefix, batches, wait=False):
+def _writer(path, prefix, batches, stop, wait=False):
     return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(path), prefix, str(batches),
-                             "wait" if wait else "fail"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                             "wait" if wait else "fail", str(stop)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("wait", [False, True])
 def test_a_second_writer_never_loses_the_first_writers_rows(tmp_path, wait):
     """Regression: a second build on the same cache "repaired" (replaced) the file the first was still
     writing; both exited 0 and the first build's later rows were gone."""
-    path = tmp_path / "v.h5"
-    first = _writer(path, "a", 40)
+    path, stop = tmp_path / "v.h5", tmp_path / "stop"
+    first = _writer(path, "a", 10, stop)
     first.stdout.readline()  # the first writer holds the file and has written a batch
-    second = _writer(path, "b", 5, wait=wait)
-    codes = {name: process.wait(timeout=120) for name, process in (("a", first), ("b", second))}
+    second = _writer(path, "b", 5, tmp_path, wait=wait)  # writes 5 batches once it has the file
+    if wait:
+        for line in second.stderr:  # the second is queued behind the first
+            if "waiting for" in line:
+                break
+    else:
+        second.wait(timeout=120)
+    stop.touch()
+    first_batches = len(first.communicate(timeout=120)[0].split()) + 1
+    codes = {"a": first.returncode, "b": second.wait(timeout=120)}
     errors = second.stderr.read()
     ids = set(read_vectors(path).ids)
-    for name, batches in (("a", 40), ("b", 5)):
+    for name, batches in (("a", first_batches), ("b", 5)):
         if codes[name] == 0:
             assert {f"{name}{step}-{i}" for step in range(batches) for i in range(4)} <= ids, f"writer {name} lost rows"
     assert codes["a"] == 0
     if wait:
-        assert codes["b"] == 0 and len(ids) == 4 * 45
+        assert codes["b"] == 0 and len(ids) == 4 * (first_batches + 5)
     else:
-        assert codes["b"] == 3 and "another run is writing it: pid" in errors and len(ids) == 4 * 40
+        assert codes["b"] == 3 and "another run is writing it: pid" in errors and len(ids) == 4 * first_batches
 
 
 def test_merge_checks_that_parts_agree(tmp_path):
@@ -145,8 +156,9 @@ def test_merge_checks_that_parts_agree(tmp_path):
     b = Vectors(np.array(["y", "z"], dtype=object), random_vectors(2, 6, 2), ATTRS)
     write_vectors(tmp_path / "a.h5", a)
     write_vectors(tmp_path / "b.h5", b)
-    merged = merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5")
-    assert list(read_vectors(tmp_path / "m.h5").ids) == ["x", "y", "z"]
+    assert merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5").rows == 3
+    merged = read_vectors(tmp_path / "m.h5")
+    assert list(merged.ids) == ["x", "y", "z"]
     np.testing.assert_array_equal(merged.vectors, np.concatenate([a.vectors, b.vectors[1:]]))
     write_vectors(tmp_path / "c.h5", Vectors(b.ids, b.vectors, dict(ATTRS, weights="sha256:0123")))
     with pytest.raises(CacheError, match=r"c.h5: built with other settings \(weights"):
