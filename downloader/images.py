@@ -86,7 +86,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16B", "I;16N"):  # point() refuses these modes
+        image = image.convert("I")
+    if image.mode in ("I;16", "I;16L", "I"):
         image = image.point(lambda value: value * (1 / 256)).convert("L")
     return image.convert("RGB")
 

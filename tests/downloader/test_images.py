@@ -143,3 +143,12 @@ def test_unreadable_exif_leaves_the_photo_as_stored():
     decoded = images.decode(encode(picture, "PNG", exif=broken))
     assert np.array_equal(np.asarray(images.whole(decoded)), np.asarray(picture))
     assert np.array_equal(np.asarray(images.crop(decoded, BBox(2, 3, 5, 4))), np.asarray(picture)[3:7, 2:7])
+
+
+def test_16_bit_big_endian_tiff_gives_the_pixels_of_the_little_endian_one():
+    values = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+    little = Image.frombytes("I;16", (4, 3), values.astype("<u2").tobytes())
+    big = images.decode(encode(Image.frombytes("I;16B", (4, 3), values.astype(">u2").tobytes()), "TIFF"))
+    assert big.mode == "I;16B"  # Pillow's point() refuses this mode
+    expected = np.asarray(images.to_rgb(little))
+    assert np.array_equal(np.asarray(images.to_rgb(big)), expected) and expected[2, 3, 0] == 55_000 // 256
