@@ -12,6 +12,7 @@ from PIL import Image
 from demo.server import LoopbackServer, Route
 from downloader import DownloadConfig, FetchConfig, download, read_jsonl
 from tests.conftest import encode, make_image
+from tests.downloader.datasets import shop_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -172,11 +173,7 @@ def test_cli_missing_photos_file_is_one_line_and_exit_2(tmp_path):
 
 
 def ctrl_c_dataset(tmp_path: Path, server: LoopbackServer, count: int) -> list[str]:
-    photos = tmp_path / "photos.txt"
-    photos.write_text("".join(f"{i:09d},{server.url(f'{i}.jpg')}\n" for i in range(count)))
-    meta = tmp_path / "meta"
-    meta.mkdir()
-    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in range(count)]))
+    meta, photos = shop_dataset(tmp_path, {i: server.url(f"{i}.jpg") for i in range(count)})
     return [sys.executable, "-m", "downloader", "--meta", str(meta), "--photos", str(photos),
             "--out", str(tmp_path / "out"), "--workers", "2", "--quiet"]
 

@@ -17,6 +17,7 @@ from downloader import DownloadConfig, FetchConfig, download, read_jsonl
 from downloader.__main__ import main
 from tests.conftest import encode, make_image
 from tests.downloader.bombs import bomb_png
+from tests.downloader.datasets import shop_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 JPEG = encode(make_image(40, 30, seed=3), "JPEG", quality=90)
@@ -39,12 +40,7 @@ NAMES = {1: "good.jpg", 2: "bomb.png", 3: "gzip.jpg", 4: "big.png", 5: "big-unsi
 
 
 def write_meta(tmp_path: Path, server: LoopbackServer, names: dict[int, str] = NAMES) -> tuple[Path, Path]:
-    photos = tmp_path / "photos.txt"
-    photos.write_text("".join(f"{i:09d},{server.url(name)}\n" for i, name in names.items()))
-    meta = tmp_path / "meta"
-    meta.mkdir(exist_ok=True)
-    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in names]))
-    return meta, photos
+    return shop_dataset(tmp_path, {photo: server.url(name) for photo, name in names.items()})
 
 
 def config(meta, photos, out, **kw) -> DownloadConfig:

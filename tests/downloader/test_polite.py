@@ -1,9 +1,7 @@
 """Polite fetching: Retry-After honoured without holding up other hosts, at most --per-host requests to a host."""
 
-import json
 import time
 from email.utils import formatdate
-from pathlib import Path
 
 import pytest
 
@@ -12,17 +10,9 @@ from downloader import DownloadConfig, FetchConfig, download, read_jsonl
 from downloader.fetch import parse_retry_after
 from downloader.hosts import HostQueues
 from tests.conftest import encode, make_image
+from tests.downloader.datasets import shop_dataset
 
 JPEG = encode(make_image(30, 20), "JPEG")
-
-
-def write_meta(tmp_path: Path, urls: dict[int, str]) -> tuple[Path, Path]:
-    photos = tmp_path / "photos.txt"
-    photos.write_text("".join(f"{i:09d},{url}\n" for i, url in urls.items()))
-    meta = tmp_path / "meta"
-    meta.mkdir(exist_ok=True)
-    (meta / "retrieval_hats.json").write_text(json.dumps([{"photo": i, "product": i} for i in urls]))
-    return meta, photos
 
 
 def config(meta, photos, tmp_path, **kw) -> DownloadConfig:
@@ -33,7 +23,7 @@ def config(meta, photos, tmp_path, **kw) -> DownloadConfig:
 def test_429_with_retry_after_is_downloaded_after_the_wait(tmp_path):
     throttled = Route(JPEG, fail_times=1, fail_status=429, fail_headers={"Retry-After": "1"})
     with LoopbackServer({"/a.jpg": throttled}) as server:
-        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg")})
+        meta, photos = shop_dataset(tmp_path, {1: server.url("a.jpg")})
         summary = download(config(meta, photos, tmp_path))
     assert summary.saved == 1 and (tmp_path / "out" / "shop" / "1.jpg").exists()
     (first, asked), (second, retried) = server.log
@@ -45,7 +35,7 @@ def test_a_throttled_host_does_not_hold_up_the_others(tmp_path):
     with LoopbackServer({"/a.jpg": Route(JPEG, fail_times=1, fail_status=503, fail_headers={"Retry-After": "2"})}) as slow, \
             LoopbackServer({f"/{i}.jpg": Route(JPEG, delay=0.05) for i in range(8)}) as fast:
         urls = {100: slow.url("a.jpg"), **{i: fast.url(f"{i}.jpg") for i in range(8)}}
-        meta, photos = write_meta(tmp_path, urls)
+        meta, photos = shop_dataset(tmp_path, urls)
         summary = download(config(meta, photos, tmp_path, workers=1))  # one worker: a sleeping one would block all
     assert summary.saved == 9
     throttled_at = [at for path, at in slow.log]
@@ -57,7 +47,7 @@ def test_a_throttled_host_does_not_hold_up_the_others(tmp_path):
 def test_retry_after_over_max_wait_is_a_failure_grouped_by_host(tmp_path):
     route = Route(JPEG, fail_times=5, fail_status=429, fail_headers={"Retry-After": "3600"})
     with LoopbackServer({"/a.jpg": route, "/b.jpg": Route(JPEG)}) as server:
-        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg"), 2: server.url("b.jpg")})
+        meta, photos = shop_dataset(tmp_path, {1: server.url("a.jpg"), 2: server.url("b.jpg")})
         host = server.base_url.removeprefix("http://")
         start = time.monotonic()
         summary = download(config(meta, photos, tmp_path, max_wait=60))
@@ -71,7 +61,7 @@ def test_retry_after_over_max_wait_is_a_failure_grouped_by_host(tmp_path):
 def test_a_host_that_keeps_asking_to_wait_fails_after_the_retries(tmp_path):
     route = Route(JPEG, fail_times=10, fail_status=429, fail_headers={"Retry-After": "0"})
     with LoopbackServer({"/a.jpg": route}) as server:
-        meta, photos = write_meta(tmp_path, {1: server.url("a.jpg")})
+        meta, photos = shop_dataset(tmp_path, {1: server.url("a.jpg")})
         download(config(meta, photos, tmp_path, fetch=FetchConfig(timeout=5, retries=2)))
     assert server.hits["/a.jpg"] == 3
     [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
@@ -81,7 +71,7 @@ def test_a_host_that_keeps_asking_to_wait_fails_after_the_retries(tmp_path):
 @pytest.mark.parametrize("per_host", [1, 3])
 def test_concurrent_requests_to_one_host_never_exceed_per_host(tmp_path, per_host):
     with LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(12)}, latency=0.15) as server:
-        meta, photos = write_meta(tmp_path, {i: server.url(f"{i}.jpg") for i in range(12)})
+        meta, photos = shop_dataset(tmp_path, {i: server.url(f"{i}.jpg") for i in range(12)})
         summary = download(config(meta, photos, tmp_path, workers=8, per_host=per_host))
     assert summary.saved == 12
     assert server.max_active == per_host  # reached, never passed
@@ -91,7 +81,7 @@ def test_per_host_spreads_workers_over_hosts(tmp_path):
     with LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(8)}, latency=0.15) as one, \
             LoopbackServer({f"/{i}.jpg": Route(JPEG) for i in range(8)}, latency=0.15) as two:
         urls = {i: one.url(f"{i}.jpg") for i in range(8)} | {10 + i: two.url(f"{i}.jpg") for i in range(8)}
-        meta, photos = write_meta(tmp_path, urls)
+        meta, photos = shop_dataset(tmp_path, urls)
         download(config(meta, photos, tmp_path, workers=4, per_host=2))
     assert one.max_active == two.max_active == 2  # 4 workers: 2 on each host at once
 
@@ -128,7 +118,7 @@ def test_host_queues_take_turns_cap_and_pause():
 def test_failures_are_grouped_by_host_without_the_credentials_of_the_url(tmp_path):
     with LoopbackServer({}) as server:
         host = server.base_url.removeprefix("http://")
-        meta, photos = write_meta(tmp_path, {1: f"http://reader:s3cret@{host}/gone.jpg"})
+        meta, photos = shop_dataset(tmp_path, {1: f"http://reader:s3cret@{host}/gone.jpg"})
         summary = download(config(meta, photos, tmp_path))
     assert summary.failed_hosts == {host: 1}  # the summary is printed: no password in it
     assert "s3cret" not in "\n".join(summary.lines())
