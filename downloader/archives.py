@@ -54,7 +54,9 @@ class ArchiveSource:
             if zipfile.is_zipfile(self.path):
                 self._zip = zipfile.ZipFile(self.path)
                 infos = [info for info in self._zip.infolist() if not info.is_dir()]
-                self.members = index_names([(info.filename, info) for info in infos], str(self.path))
+                # old Windows tools write "sub\\123.jpg", which zipfile keeps as it is off Windows
+                names = [(info.filename.replace("\\", "/"), info) for info in infos]
+                self.members = index_names(names, str(self.path))
             else:
                 self._tar = tarfile.open(self.path, "r:*")
                 infos = [info for info in self._tar.getmembers() if info.isfile()]

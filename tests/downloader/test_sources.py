@@ -256,3 +256,15 @@ def test_a_tar_damaged_in_the_middle_is_refused_not_listed_in_part(tmp_path, com
     write_meta(tmp_path)
     with pytest.raises(ArchiveError, match=r"^\S*photos\.tar(\.gz)?: unreadable after member '1\.jpg' \(damaged"):
         download(DownloadConfig(meta=tmp_path / "meta", out=tmp_path / "out", photos_archive=archive))
+
+
+def test_a_zip_made_on_windows_with_backslashes_in_its_names_is_read(tmp_path):
+    folder = make_mirror(tmp_path)
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in folder.rglob("*"):
+            if path.is_file():  # old Windows tools write "sub\000000003.png"; zipfile keeps it as is off Windows
+                name = str(path.relative_to(folder))
+                handle.write(path, name.replace("/", "\\") if "/" in name else "photos\\" + name)
+    write_meta(tmp_path)
+    run(tmp_path, "out", photos_archive=archive)
