@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -199,19 +199,39 @@ def read_metadata(
     if unknown:
         raise ValueError(f"bad category names: {unknown}")
     result = Metadata()
+    problem = _problem_log(result.problems, strict)
+    product_split = _read_pairs(meta_dir, categories, splits, photo_ids, problem, result.pairs)
+    if include_shop:
+        _read_shop(meta_dir, categories, len(splits) < len(SPLITS), photo_ids, problem, product_split, result.shop)
+    logger.info("read %d pairs, %d shop photos, %d problems from %s",
+                len(result.pairs), len(result.shop), len(result.problems), meta_dir)
+    return result
+
+
+_Problem = Callable[[Path, int | None, int | None, str], None]  # (file, entry, photo, message)
+
+
+def _problem_log(problems: list[MetadataProblem], strict: bool) -> _Problem:
+    """Record a bad entry in ``problems``, or raise ``MetadataError`` at once with ``strict``."""
 
     def problem(file: Path, index: int | None, photo: int | None, message: str) -> None:
-        item = MetadataProblem(file.name, index, photo, message)
         if strict:
             raise MetadataError(f"{file}: entry {index}: {message}")
-        result.problems.append(item)
+        problems.append(MetadataProblem(file.name, index, photo, message))
 
-    # Boxes are numbered per (photo, product) over every pair file in a fixed order, whatever is selected,
-    # so that a file name always means the same crop (one product is listed under two categories).
+    return problem
+
+
+def _read_pairs(meta_dir: Path, categories: list[str], splits: list[str], photo_ids: set[int] | None,
+                problem: _Problem, pairs: list[StreetPair]) -> dict[tuple[str, int], str]:
+    """Append the selected street pairs to ``pairs``; return the split of each (category, product) seen.
+
+    Boxes are numbered per (photo, product) over every pair file in a fixed order, whatever is selected,
+    so that a file name always means the same crop (one product is listed under two categories)."""
     product_split: dict[tuple[str, int], str] = {}
     boxes_seen: dict[tuple[int, int], int] = {}
+    every = list(dict.fromkeys([*CATEGORIES, *categories]))
     for split in SPLITS:
-        every = list(dict.fromkeys([*CATEGORIES, *categories]))
         for category, path in _category_files(meta_dir, f"{split}_pairs_{{category}}.json", every):
             selected = split in splits and category in categories
             for index, entry in enumerate(_load_list(path)):
@@ -231,23 +251,26 @@ def read_metadata(
                 if photo_ids is not None and photo not in photo_ids:
                     problem(path, index, photo, f"photo {photo} is not in photos.txt")
                     continue
-                result.pairs.append(StreetPair(photo, product, bbox, category, split, k))
+                pairs.append(StreetPair(photo, product, bbox, category, split, k))
                 product_split[(category, product)] = split
-    if include_shop:
-        for category, path in _category_files(meta_dir, "retrieval_{category}.json", categories):
-            for index, entry in enumerate(_load_list(path)):
-                try:
-                    photo, product = _entry_ids(entry)
-                except MetadataError as error:
-                    problem(path, index, None, str(error))
-                    continue
-                if photo_ids is not None and photo not in photo_ids:
-                    problem(path, index, photo, f"photo {photo} is not in photos.txt")
-                    continue
-                split = product_split.get((category, product))
-                if split is None and len(splits) < len(SPLITS):
-                    continue  # a product of a split that was not asked for
-                result.shop.append(ShopPhoto(photo, product, category, split))
-    logger.info("read %d pairs, %d shop photos, %d problems from %s",
-                len(result.pairs), len(result.shop), len(result.problems), meta_dir)
-    return result
+    return product_split
+
+
+def _read_shop(meta_dir: Path, categories: list[str], some_splits: bool, photo_ids: set[int] | None,
+               problem: _Problem, product_split: dict[tuple[str, int], str], shop: list[ShopPhoto]) -> None:
+    """Append the shop photos of ``categories`` to ``shop`` (with ``some_splits``, only those of the
+    products of the selected splits)."""
+    for category, path in _category_files(meta_dir, "retrieval_{category}.json", categories):
+        for index, entry in enumerate(_load_list(path)):
+            try:
+                photo, product = _entry_ids(entry)
+            except MetadataError as error:
+                problem(path, index, None, str(error))
+                continue
+            if photo_ids is not None and photo not in photo_ids:
+                problem(path, index, photo, f"photo {photo} is not in photos.txt")
+                continue
+            split = product_split.get((category, product))
+            if split is None and some_splits:
+                continue  # a product of a split that was not asked for
+            shop.append(ShopPhoto(photo, product, category, split))
