@@ -119,7 +119,7 @@ class UrlSource:
 def photo_id(name: str) -> int | None:
     """The photo id a mirror's file name stands for: ``000000123.jpg`` and ``123.png`` are 123."""
     stem, extension = os.path.splitext(os.path.basename(name))
-    if extension.lower() not in IMAGE_EXTENSIONS or not stem.isdigit():
+    if extension.lower() not in IMAGE_EXTENSIONS or not (stem.isascii() and stem.isdigit()):
         return None
     return int(stem)
 
