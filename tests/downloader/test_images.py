@@ -1,3 +1,4 @@
+import io
 import warnings
 
 import numpy as np
@@ -39,9 +40,11 @@ def test_transparent_pixels_become_white():
 
 
 def test_gif_first_frame():
-    frames = [Image.new("P", (8, 8), color) for color in (1, 2)]
+    frames = [Image.new("RGB", (8, 8), color).convert("P") for color in ((255, 0, 0), (0, 0, 255))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    assert images.to_rgb(images.decode(data)).size == (8, 8)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+    first = images.to_rgb(images.decode(data))
+    assert first.size == (8, 8) and first.getpixel((4, 4)) == (255, 0, 0)  # red, not the blue second frame
 
 
 def test_crop_equals_numpy_slice_and_clips_to_edges():
