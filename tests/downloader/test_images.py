@@ -30,8 +30,10 @@ def test_decode_rejects_truncated_jpeg():
 @pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "LA"])
 def test_any_mode_becomes_rgb(mode):
     picture = make_image().convert(mode)
-    rgb = images.to_rgb(images.decode(encode(picture, "PNG" if mode != "CMYK" else "JPEG")))
+    decoded = images.decode(encode(picture, "PNG" if mode != "CMYK" else "JPEG"))
+    rgb = images.to_rgb(decoded)
     assert rgb.mode == "RGB" and rgb.size == picture.size
+    assert np.array_equal(np.asarray(rgb), np.asarray(decoded.convert("RGB")))  # opaque: Pillow's own conversion
 
 
 def test_transparent_pixels_become_white():
