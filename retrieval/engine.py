@@ -154,7 +154,9 @@ class SearchEngine:
         embeddings = np.atleast_2d(embeddings)
         results: list[list[Match]] = [[] for _ in range(len(embeddings))]
         pending = np.arange(len(embeddings))
-        depth = k if not distinct_products else min(stop - start, 4 * k)
+        # an approximate index is not asked for the whole category: many photos per product is rare
+        limit = stop - start if not self.index.approximate else min(stop - start, max(64 * k, 1024))
+        depth = k if not distinct_products else min(limit, 4 * k)
         while len(pending):
             rows, distances = self.ranker.search(embeddings[pending], depth, start, stop)
             scores = self.score(distances)
@@ -173,11 +175,11 @@ class SearchEngine:
                                          float(distance), float(score)))
                     if len(matches) == k:
                         break
-                if len(matches) < k and depth < stop - start:
+                if len(matches) < k and depth < limit:
                     unfinished.append(query)  # many photos of few products: look deeper
                 results[query] = matches
             pending = np.array(unfinished, dtype=np.int64)
-            depth = min(stop - start, depth * 4)
+            depth = min(limit, depth * 4)
         return results
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, category: str | None = None) -> list[list[Match]]:

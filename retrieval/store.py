@@ -201,12 +201,3 @@ def load_index(path: str | Path, mmap: bool | None = None) -> IndexData:
                              f"image folder; rebuild the index from a checked manifest")
     return index
 
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The attributes of an index without reading its rows."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as handle:
-            return json.loads(handle.attrs["meta"])
-    except (OSError, KeyError, ValueError) as error:
-        raise IndexFileError(f"{path}: corrupt or unreadable index ({str(error).splitlines()[0][:160]})") from None

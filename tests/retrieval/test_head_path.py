@@ -71,9 +71,11 @@ def test_engine_searches_through_the_head_with_the_calibrated_score(trained, tmp
     assert engine.score(np.array([0.0]))[0] == pytest.approx(head.calibration.score(np.array([0.0]))[0])
 
 
-def test_another_head_is_refused_at_load_and_at_add(trained, tmp_path):
+@pytest.mark.parametrize("ann", ["exact", "HNSW16"])
+def test_another_head_is_refused_at_load_and_at_add(trained, tmp_path, ann):
     root, _, _ = trained
-    build_index(root / "v.h5", root / "manifest.jsonl", tmp_path / "index.h5", head=root / "head")
+    build_index(root / "v.h5", root / "manifest.jsonl", tmp_path / "index.h5", head=root / "head",
+                ann=AnnConfig(ann, exact_below=1, tune_queries=20))
     other = load_head(root / "other").identity
     with pytest.raises(IndexFileError, match=rf"built with head .* but {root / 'other'} is head {other}"):
         SearchEngine.load(tmp_path / "index.h5", head=root / "other")
