@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m embeddings.finetune",
         description="Train a Siamese tower end to end on images: a pre-trained backbone with the top share of its "
                     "layers unfrozen (BatchNorm frozen) and a head on top, or small-cnn from scratch. Writes "
-                    "OUT/model.keras, config.json, history.json, training.png as one folder at the end; after every epoch a "
-                    "checkpoint is kept in OUT.partial/: run the same command again to resume a stopped run. "
+                    "OUT/model.keras, config.json, history.json, training.png as one folder at the end; after every "
+                    "epoch a "                    "checkpoint is kept in OUT.partial/: run the same command again to resume a stopped run. "
                     "Use the tower with python -m embeddings.build --model OUT.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="the downloader's manifest.jsonl: a product is a class")
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="imagenet, none (seeded random) or PATH to Keras' weights file of the full model "
                              "(default: imagenet; none for small-cnn)")
     parser.add_argument("--trainable", type=float, default=None,
-                        help="top share of the backbone's layers with weights that learn (default 0.3; 1 for small-cnn)")
+                        help="top share of the backbone's layers with weights that learn "
+                             "(default 0.3; 1 for small-cnn)")
     parser.add_argument("--augment", action="store_true",
                         help="random resized crop, flip and colour jitter while training (seeded)")
     parser.add_argument("--dropout", type=float, default=0.2, help="dropout in the head (default: 0.2)")
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val top-10 before stopping")
     parser.add_argument("--eval-limit", type=int, default=2000, help="at most this many validation/test images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--wait", action="store_true", help="wait for another run writing OUT to finish, instead of failing")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another run writing OUT to finish, instead of failing")
     parser.add_argument("--restart", action="store_true",
                         help="discard the checkpoint of an interrupted run in OUT.partial/ and start over")
     parser.add_argument("--quiet", action="store_true")

@@ -48,7 +48,8 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
         IdxError: a bad magic number, an unknown type, or fewer (or more) bytes than the header says.
     """
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise IdxError(f"{name}: not an IDX file (bad magic {data[:4].hex() or 'none'}; expected 0000 then type and rank)")
+        raise IdxError(f"{name}: not an IDX file (bad magic {data[:4].hex() or 'none'}; "
+                       f"expected 0000 then type and rank)")
     code, rank = data[2], data[3]
     if code not in _TYPES:
         raise IdxError(f"{name}: unknown IDX type code 0x{code:02x}; expected one of "

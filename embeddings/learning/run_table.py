@@ -39,7 +39,8 @@ def read_run(folder: str | Path) -> dict[str, Any]:
         why = "missing config.json or history.json" if isinstance(error, OSError) else f"unreadable JSON ({error})"
         raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune ({why})") from None
     if not isinstance(config, dict) or not isinstance(history, dict) or "training" not in config:
-        raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune (no training settings)")
+        raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune "
+                           f"(no training settings)")
     training = config["training"]
     if "tower" in config:  # embeddings.finetune
         tower = config["tower"]

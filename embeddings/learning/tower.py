@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .augment import AugmentConfig, build_augmentation
+from .augment import build_augmentation
 from .head import Calibration, HeadConfig, build_head, file_hash
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,8 @@ def load_tower(folder: str | Path) -> Tower:
     folder = Path(folder)
     for name in ("model.keras", "config.json"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: tower file does not exist (train one with python -m embeddings.finetune)")
+            raise FileNotFoundError(f"{folder / name}: tower file does not exist "
+                                    f"(train one with python -m embeddings.finetune)")
     try:
         config = json.loads((folder / "config.json").read_text())
         if config.get("format") != TOWER_FORMAT:

@@ -34,7 +34,8 @@ def write_idx_set(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tupl
     arrays = {"train_images": train[0], "train_labels": train[1], "test_images": test[0], "test_labels": test[1]}
     for key, array in arrays.items():
         header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-        (folder / f"{FILES[key]}.gz").write_bytes(gzip.compress(header + np.ascontiguousarray(array, np.uint8).tobytes()))
+        payload = header + np.ascontiguousarray(array, np.uint8).tobytes()
+        (folder / f"{FILES[key]}.gz").write_bytes(gzip.compress(payload))
     return folder
 
 

@@ -85,7 +85,8 @@ def test_command_reports_a_truncated_file_in_one_line(tmp_path, capsys):
     write_set(tmp_path)
     images = tmp_path / "train-images-idx3-ubyte.gz"
     images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-10]))
-    code = main(["--fashion-mnist", str(tmp_path), "--backbone", "small-cnn", "--out", str(tmp_path / "run"), "--quiet"])
+    code = main(["--fashion-mnist", str(tmp_path), "--backbone", "small-cnn", "--out", str(tmp_path / "run"),
+                 "--quiet"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error
     assert error.startswith(f"error: {images}: truncated: shape 6x5x5 needs 166 bytes, the file has 156")

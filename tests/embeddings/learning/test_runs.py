@@ -17,7 +17,8 @@ from .generated import stripe_classes, write_idx_set
 def labelled_cache(path, classes=6, per_class=12, dim=8):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(classes), per_class)
-    vectors = (rng.normal(size=(classes, dim))[labels] + rng.normal(scale=0.5, size=(len(labels), dim))).astype(np.float32)
+    centres = rng.normal(size=(classes, dim))
+    vectors = (centres[labels] + rng.normal(scale=0.5, size=(len(labels), dim))).astype(np.float32)
     attrs = {"backbone": "vgg19", "layer": "fc2", "weights": "random:0", "input_size": [224, 224], "dim": dim}
     write_vectors(path, Vectors(np.array([f"{i}.jpg" for i in range(len(labels))], dtype=object), vectors, attrs,
                                 np.array([f"class{label}" for label in labels], dtype=object)))
@@ -38,7 +39,8 @@ def runs(tmp_path_factory):
 
 def test_rows_read_each_kind_of_run(runs):
     head, tower = read_run(runs / "head"), read_run(runs / "tower")
-    assert (head["backbone"], head["trainable"], head["augment"], head["dropout"], head["dim"]) == ("vgg19", 0.0, "no", 0.1, 8)
+    assert (head["backbone"], head["trainable"], head["augment"], head["dropout"], head["dim"]) == (
+        "vgg19", 0.0, "no", 0.1, 8)
     assert head["loss"] == "contrastive" and head["margin"] == 1.0 and head["epochs"] == 2
     assert (tower["backbone"], tower["trainable"], tower["augment"], tower["dropout"], tower["dim"]) == (
         "small-cnn", 1.0, "yes", 0.3, 12)

@@ -102,7 +102,8 @@ def test_small_cnn_shape_and_settings_checked():
 def test_saved_tower_loads_with_its_identity(tmp_path):
     config = TowerConfig("small-cnn", weights=None, head=SMALL_HEAD, augment=True)
     tower = build_tower(config)
-    (tmp_path / "config.json").write_text(json.dumps({"format": "street2shop-tower/1", "tower": tower_settings(config)}))
+    written = {"format": "street2shop-tower/1", "tower": tower_settings(config)}
+    (tmp_path / "config.json").write_text(json.dumps(written))
     tower.save(tmp_path / "model.keras")
     loaded = load_tower(tmp_path)
     pixels = np.random.default_rng(5).integers(0, 256, (3, 28, 28, 3)).astype(np.uint8)

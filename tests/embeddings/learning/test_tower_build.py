@@ -50,6 +50,7 @@ def test_build_embeds_with_the_tower(tmp_path, towers, sample):
 
 
 def test_another_tower_cannot_extend_the_cache(tmp_path, towers, sample):
-    build(BuildConfig(out=tmp_path / "v.h5", manifest=sample, workers=1), extractor=TowerExtractor(towers[0], workers=1))
+    config = BuildConfig(out=tmp_path / "v.h5", manifest=sample, workers=1)
+    build(config, extractor=TowerExtractor(towers[0], workers=1))
     with pytest.raises(CacheError, match="weights: expected"):
-        build(BuildConfig(out=tmp_path / "v.h5", manifest=sample, workers=1), extractor=TowerExtractor(towers[1], workers=1))
+        build(config, extractor=TowerExtractor(towers[1], workers=1))
