@@ -79,6 +79,10 @@ class HostQueues(Generic[Job]):
         self.active[host] -= 1
         self._offer(host)
 
+    def drain(self, host: str) -> list[Job]:
+        """Take every job still queued for ``host`` out of the queues (those in flight are not among them)."""
+        return list(self._queues.pop(host, ()))
+
     def pause(self, host: str, seconds: float) -> None:
         """Leave ``host`` alone for ``seconds`` (its ``Retry-After``); its queued jobs wait, others go on."""
         until = max(self._until.get(host, 0.0), self.clock() + seconds)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from .fetch import Cancelled
 from .hosts import HostQueues
-from .plan import PhotoJob
+from .plan import PhotoJob, failure
 from .worker import Outcome
 
 logger = logging.getLogger(__name__)
@@ -83,17 +83,25 @@ def run_jobs(queues: HostQueues[PhotoJob], worker: Callable[[PhotoJob], Outcome]
                 host, job = running.pop(future)
                 queues.done(host)
                 try:
-                    outcome = future.result()
+                    _settle(queues, host, job, future.result(), record)
                 except Cancelled:
                     continue
-                if outcome.retry_in is not None:
-                    logger.info("%s asked to wait %g s (photo %d)", host, outcome.retry_in, job.photo)
-                    queues.pause(host, outcome.retry_in)
-                    queues.add(host, job, first=True)
-                else:
-                    record(job, outcome)
     except BaseException:
         interrupts.stop.set()  # an unexpected error (a full disk): abandon the rest at once
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(queues: HostQueues[PhotoJob], host: str, job: PhotoJob, outcome: Outcome,
+            record: Callable[[PhotoJob, Outcome], None]) -> None:
+    """Record a finished job, or queue it again first in line with its host paused (``Retry-After``)."""
+    if outcome.retry_in is not None:
+        logger.info("%s asked to wait %g s (photo %d)", host, outcome.retry_in, job.photo)
+        queues.pause(host, outcome.retry_in)
+        queues.add(host, job, first=True)
+        return
+    record(job, outcome)
+    if outcome.host_refused is not None:  # "come back tomorrow": its other photos fail unrequested
+        for other in queues.drain(host):
+            record(other, Outcome(failures=[failure(other, outcome.host_refused)]))

@@ -13,11 +13,15 @@ from .plan import Output, PhotoJob, failure
 
 @dataclass
 class Outcome:
-    """What one job gave: images saved, failures; or ``retry_in`` seconds (the host asked us to come back)."""
+    """What one job gave: images saved, failures; or ``retry_in`` seconds (the host asked us to come back).
+
+    ``host_refused``: the host asked to be left alone for longer than ``max_wait``; the failure reason of
+    its other photos, which are not requested in this run."""
 
     saved: list[Output] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     retry_in: float | None = None
+    host_refused: str | None = None
 
 
 class Worker:
@@ -39,8 +43,12 @@ class Worker:
             if error.seconds <= self.max_wait and job.waits < self.retries:
                 job.waits += 1
                 return Outcome(retry_in=error.seconds)
-            why = "over --max-wait" if error.seconds > self.max_wait else f"still after {job.waits} waits"
-            return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, {why}")])
+            if error.seconds > self.max_wait:
+                others = f"{error.reason}: not requested: the host asked to wait {error.seconds:g} s, over --max-wait"
+                return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, over "
+                                                      "--max-wait")], host_refused=others)
+            return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, still after "
+                                                  f"{job.waits} waits")])
         except (FetchError, images.ImageError) as error:
             return Outcome(failures=[failure(job, str(error))])
         outcome = Outcome()

@@ -124,3 +124,17 @@ def test_failures_are_grouped_by_host_without_the_credentials_of_the_url(tmp_pat
     assert "s3cret" not in "\n".join(summary.lines())
     [failure] = read_jsonl(tmp_path / "out" / "failures.jsonl")
     assert failure["host"] == host and failure["reason"] == "http 404: Not Found"
+
+
+def test_a_host_that_asks_to_wait_over_max_wait_is_not_asked_again_in_this_run(tmp_path):
+    gone = Route(JPEG, fail_times=99, fail_status=429, fail_headers={"Retry-After": "86400"})
+    with LoopbackServer({"/0.jpg": gone, **{f"/{i}.jpg": Route(JPEG) for i in range(1, 5)}}) as server, \
+            LoopbackServer({"/x.jpg": Route(JPEG)}) as other:
+        meta, photos = shop_dataset(tmp_path, {0: server.url("0.jpg"), 1: server.url("1.jpg"), 2: server.url("2.jpg"),
+                                               3: server.url("3.jpg"), 4: server.url("4.jpg"), 9: other.url("x.jpg")})
+        summary = download(config(meta, photos, tmp_path, workers=1, per_host=1, max_wait=60))
+    assert sum(server.hits.values()) == 1  # "come back tomorrow": the other 4 photos are not requested
+    assert summary.saved == 1 and other.hits["/x.jpg"] == 1  # other hosts go on
+    found = {r["photo"]: r["reason"] for r in read_jsonl(tmp_path / "out" / "failures.jsonl")}
+    assert found[0] == "http 429: Retry-After 86400 s, over --max-wait"
+    assert {found[i] for i in range(1, 5)} == {"http 429: not requested: the host asked to wait 86400 s, over --max-wait"}
