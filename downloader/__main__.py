@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retries on timeouts, connection errors and 5xx, never on 4xx; also the most "
                         "Retry-After waits per photo (default: 3)")
     polite.add_argument("--max-wait", type=_finite, default=300.0,
-                        help="longest Retry-After (429/503) honoured, in seconds; longer is a failure (default: 300)")
+                        help="longest Retry-After (429/503) honoured, in seconds; longer is a failure, and that "
+                        "host's other photos are not requested in this run (default: 300)")
     polite.add_argument("--max-mb", type=_finite, default=30.0, help="largest photo accepted, in MB (default: 30)")
     return parser
 
