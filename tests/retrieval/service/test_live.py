@@ -202,3 +202,9 @@ def test_command_errors_are_one_line_with_exit_codes(tmp_path, capsys, raw_index
         busy.close()
     assert main(["--index", str(raw_index), "--port", "0"]) == 3  # built with the tests' stand-in backbone
     assert "unknown backbone 'tiny'" in capsys.readouterr().err
+
+
+def test_import_retrieval_does_not_import_fastapi():
+    code = "import sys, retrieval; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"], result.stderr
