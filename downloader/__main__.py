@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     polite.add_argument("--max-wait", type=_finite, default=300.0,
                         help="longest Retry-After (429/503) honoured, in seconds; longer is a failure, and that "
                         "host's other photos are not requested in this run (default: 300)")
+    polite.add_argument("--give-up-after", type=int, default=10, metavar="N",
+                        help="stop asking a host that could not be reached (connection errors, timeouts) for N "
+                        "photos in a row; its other photos fail as 'not requested' (0: never; default: 10)")
     polite.add_argument("--max-mb", type=_finite, default=30.0, help="largest photo accepted, in MB (default: 30)")
     return parser
 
@@ -90,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         config = DownloadConfig(
             meta=args.meta, photos=args.photos, out=args.out, photos_dir=args.photos_dir,
             photos_archive=args.photos_archive, mirror=args.mirror, categories=args.categories, splits=args.splits,
-            workers=args.workers, per_host=args.per_host, max_wait=args.max_wait, retry_failed=args.retry_failed,
-            strict=args.strict, shop=not args.no_shop, progress=not args.quiet, wait=args.wait,
+            workers=args.workers, per_host=args.per_host, max_wait=args.max_wait, give_up_after=args.give_up_after,
+            retry_failed=args.retry_failed, strict=args.strict, shop=not args.no_shop, progress=not args.quiet,
+            wait=args.wait,
             fetch=FetchConfig(timeout=args.timeout, retries=args.retries, max_bytes=int(args.max_mb * 1024 * 1024)),
         )
         summary = download(config)

@@ -66,6 +66,7 @@ class DownloadConfig:
     workers: int = 16
     per_host: int = 4
     max_wait: float = 300.0
+    give_up_after: int = 10
     fetch: FetchConfig = field(default_factory=FetchConfig)
     retry_failed: bool = False
     strict: bool = False
@@ -96,6 +97,8 @@ class DownloadConfig:
         for name in ("workers", "per_host"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.give_up_after < 0:
+            raise ValueError(f"give_up_after must be >= 0 (0: never), got {self.give_up_after}")
         if not (math.isfinite(self.max_wait) and self.max_wait >= 0):
             raise ValueError(f"max_wait must be a finite number >= 0, got {self.max_wait}")
         self.fetch.validate()
@@ -281,7 +284,8 @@ def _download(config: DownloadConfig) -> DownloadSummary:
         bar.reset(total=len(todo))
         queues = _queue(todo, source, config.per_host, record)
         with interrupts:
-            run_jobs(queues, Worker(out, config.fetch.retries, config.max_wait), config.workers, record, interrupts)
+            run_jobs(queues, Worker(out, config.fetch.retries, config.max_wait), config.workers, record, interrupts,
+                     config.give_up_after)
         summary.interrupted = interrupts.requested
     finally:
         source.close()

@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+UNREACHABLE = frozenset({"timeout", "connection error"})  # reasons that say the host itself is not answering
 
 
 class FetchError(Exception):
@@ -83,7 +84,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _retryable(error: FetchError) -> bool:
-    if error.reason in ("timeout", "connection error"):
+    if error.reason in UNREACHABLE:
         return True
     return error.reason.startswith("http ") and int(error.reason[5:]) in RETRY_STATUSES
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .fetch import Cancelled
@@ -56,12 +58,13 @@ class Interrupts:
 
 
 def run_jobs(queues: HostQueues[PhotoJob], worker: Callable[[PhotoJob], Outcome], workers: int,
-             record: Callable[[PhotoJob, Outcome], None], interrupts: Interrupts) -> None:
+             record: Callable[[PhotoJob, Outcome], None], interrupts: Interrupts, give_up_after: int = 0) -> None:
     """Run every queued job, at most ``workers`` at a time, and ``record`` each outcome in this thread.
 
     A job whose host asked to come back later is queued again first in line and its host paused.
     Returns when every job is done or, after Ctrl-C, when the jobs in flight are.
     """
+    settle = _Settle(queues, record, give_up_after)
     running: dict[Future, tuple[str, PhotoJob]] = {}
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
     try:
@@ -83,7 +86,7 @@ def run_jobs(queues: HostQueues[PhotoJob], worker: Callable[[PhotoJob], Outcome]
                 host, job = running.pop(future)
                 queues.done(host)
                 try:
-                    _settle(queues, host, job, future.result(), record)
+                    settle(host, job, future.result())
                 except Cancelled:
                     continue
     except BaseException:
@@ -93,15 +96,33 @@ def run_jobs(queues: HostQueues[PhotoJob], worker: Callable[[PhotoJob], Outcome]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _settle(queues: HostQueues[PhotoJob], host: str, job: PhotoJob, outcome: Outcome,
-            record: Callable[[PhotoJob, Outcome], None]) -> None:
-    """Record a finished job, or queue it again first in line with its host paused (``Retry-After``)."""
-    if outcome.retry_in is not None:
-        logger.info("%s asked to wait %g s (photo %d)", host, outcome.retry_in, job.photo)
-        queues.pause(host, outcome.retry_in)
-        queues.add(host, job, first=True)
-        return
-    record(job, outcome)
-    if outcome.host_refused is not None:  # "come back tomorrow": its other photos fail unrequested
-        for other in queues.drain(host):
-            record(other, Outcome(failures=[failure(other, outcome.host_refused)]))
+
+@dataclass
+class _Settle:
+    """Records finished jobs, queues again those whose host asked to come back later, and gives up on a
+    host that asked to be left alone longer than ``--max-wait`` or could not be reached for
+    ``give_up_after`` photos in a row (0: never): its queued photos fail unrequested."""
+
+    queues: HostQueues[PhotoJob]
+    record: Callable[[PhotoJob, Outcome], None]
+    give_up_after: int = 0
+    unreachable: Counter = field(default_factory=Counter)  # photos in a row per host
+
+    def __call__(self, host: str, job: PhotoJob, outcome: Outcome) -> None:
+        if outcome.retry_in is not None:
+            logger.info("%s asked to wait %g s (photo %d)", host, outcome.retry_in, job.photo)
+            self.queues.pause(host, outcome.retry_in)
+            self.queues.add(host, job, first=True)
+            return
+        self.record(job, outcome)
+        self.unreachable[host] = self.unreachable[host] + 1 if outcome.unreachable else 0
+        if outcome.host_refused is not None:
+            self._give_up(host, outcome.host_refused)
+        elif self.give_up_after and self.unreachable[host] == self.give_up_after:
+            why = f"{host} could not be reached for {self.give_up_after} photos in a row"
+            logger.warning("%s: giving up on it", why)
+            self._give_up(host, f"not requested: {why}")
+
+    def _give_up(self, host: str, reason: str) -> None:
+        for other in self.queues.drain(host):
+            self.record(other, Outcome(failures=[failure(other, reason)]))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import images
-from .fetch import FetchError, RetryAfter
+from .fetch import UNREACHABLE, FetchError, RetryAfter
 from .plan import Output, PhotoJob, failure
 
 
@@ -16,12 +16,14 @@ class Outcome:
     """What one job gave: images saved, failures; or ``retry_in`` seconds (the host asked us to come back).
 
     ``host_refused``: the host asked to be left alone for longer than ``max_wait``; the failure reason of
-    its other photos, which are not requested in this run."""
+    its other photos, which are not requested in this run. ``unreachable``: the host did not answer
+    (connection error or timeout)."""
 
     saved: list[Output] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     retry_in: float | None = None
     host_refused: str | None = None
+    unreachable: bool = False
 
 
 class Worker:
@@ -50,7 +52,8 @@ class Worker:
             return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, still after "
                                                   f"{job.waits} waits")])
         except (FetchError, images.ImageError) as error:
-            return Outcome(failures=[failure(job, str(error))])
+            unreachable = isinstance(error, FetchError) and error.reason in UNREACHABLE
+            return Outcome(failures=[failure(job, str(error))], unreachable=unreachable)
         outcome = Outcome()
         for output in job.todo:
             try:

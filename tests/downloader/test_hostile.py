@@ -182,6 +182,7 @@ def test_download_holds_the_writer_lock_while_it_runs(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--workers", "0"], "error: workers must be at least 1, got 0"),
     (["--per-host", "0"], "error: per_host must be at least 1, got 0"),
+    (["--give-up-after", "-1"], "error: give_up_after must be >= 0 (0: never), got -1"),
     (["--max-mb", "0"], "error: the body cap (--max-mb) must be at least 1 byte, got 0"),
     (["--photos-dir", "nowhere"], "error: nowhere: photos folder does not exist"),
     (["--mirror", "ftp://x"], "error: --mirror must be an http://, https:// or file:// URL, got 'ftp://x'"),

@@ -138,3 +138,26 @@ def test_a_host_that_asks_to_wait_over_max_wait_is_not_asked_again_in_this_run(t
     found = {r["photo"]: r["reason"] for r in read_jsonl(tmp_path / "out" / "failures.jsonl")}
     assert found[0] == "http 429: Retry-After 86400 s, over --max-wait"
     assert {found[i] for i in range(1, 5)} == {"http 429: not requested: the host asked to wait 86400 s, over --max-wait"}
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connecting is refused at once, as with a dead host."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_host_that_cannot_be_reached_is_given_up_after_some_photos_in_a_row(tmp_path):
+    dead = f"127.0.0.1:{closed_port()}"
+    with LoopbackServer({"/x.jpg": Route(JPEG)}) as live:
+        urls = {i: f"http://{dead}/{i}.jpg" for i in range(30)} | {99: live.url("x.jpg")}
+        meta, photos = shop_dataset(tmp_path, urls)
+        summary = download(config(meta, photos, tmp_path, workers=1, per_host=1, give_up_after=5,
+                                  fetch=FetchConfig(timeout=2, retries=0)))
+    assert summary.saved == 1 and live.hits["/x.jpg"] == 1
+    found = [r["reason"] for r in read_jsonl(tmp_path / "out" / "failures.jsonl")]
+    assert sum(reason.startswith("connection error") for reason in found) == 5  # then no more requests
+    assert found.count(f"not requested: {dead} could not be reached for 5 photos in a row") == 25
+    assert summary.failed_hosts == {dead: 30}
