@@ -96,7 +96,6 @@ def run_jobs(queues: HostQueues[PhotoJob], worker: Callable[[PhotoJob], Outcome]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-
 @dataclass
 class _Settle:
     """Records finished jobs, queues again those whose host asked to come back later, and gives up on a

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from . import images
 from .fetch import UNREACHABLE, FetchError, RetryAfter
 from .plan import Output, PhotoJob, failure
@@ -45,15 +47,23 @@ class Worker:
             if error.seconds <= self.max_wait and job.waits < self.retries:
                 job.waits += 1
                 return Outcome(retry_in=error.seconds)
-            if error.seconds > self.max_wait:
-                others = f"{error.reason}: not requested: the host asked to wait {error.seconds:g} s, over --max-wait"
-                return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, over "
-                                                      "--max-wait")], host_refused=others)
-            return Outcome(failures=[failure(job, f"{error.reason}: Retry-After {error.seconds:g} s, still after "
-                                                  f"{job.waits} waits")])
+            return self._waited_enough(job, error)
         except (FetchError, images.ImageError) as error:
             unreachable = isinstance(error, FetchError) and error.reason in UNREACHABLE
             return Outcome(failures=[failure(job, str(error))], unreachable=unreachable)
+        return self._save(job, image)
+
+    def _waited_enough(self, job: PhotoJob, error: RetryAfter) -> Outcome:
+        """A failure once ``Retry-After`` asks for over ``max_wait`` (then the host's other photos are not
+        requested either) or came ``retries`` times."""
+        asked = f"{error.reason}: Retry-After {error.seconds:g} s"
+        if error.seconds > self.max_wait:
+            others = f"not requested: the host asked to wait {error.seconds:g} s ({error.reason}), over --max-wait"
+            return Outcome(failures=[failure(job, f"{asked}, over --max-wait")], host_refused=others)
+        return Outcome(failures=[failure(job, f"{asked}, still after {job.waits} waits")])
+
+    def _save(self, job: PhotoJob, image: Image.Image) -> Outcome:
+        """Crop (or keep whole) and save each image still to make; a bad box fails that image only."""
         outcome = Outcome()
         for output in job.todo:
             try:

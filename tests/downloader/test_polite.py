@@ -137,7 +137,7 @@ def test_a_host_that_asks_to_wait_over_max_wait_is_not_asked_again_in_this_run(t
     assert summary.saved == 1 and other.hits["/x.jpg"] == 1  # other hosts go on
     found = {r["photo"]: r["reason"] for r in read_jsonl(tmp_path / "out" / "failures.jsonl")}
     assert found[0] == "http 429: Retry-After 86400 s, over --max-wait"
-    assert {found[i] for i in range(1, 5)} == {"http 429: not requested: the host asked to wait 86400 s, over --max-wait"}
+    assert {found[i] for i in range(1, 5)} == {"not requested: the host asked to wait 86400 s (http 429), over --max-wait"}
 
 
 def closed_port() -> int:
