@@ -39,6 +39,15 @@ FAILURES = "failures.jsonl"
 PROBLEMS = "metadata_problems.jsonl"
 
 
+def _check_exists(path: Path, what: str, folder: bool) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} does not exist")
+    if folder and not path.is_dir():
+        raise NotADirectoryError(f"{path}: the {what} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"{path}: the {what} is a folder, not a file")
+
+
 def _is_url(text: str) -> bool:
     try:
         return urlsplit(text).scheme in ("http", "https", "file")
@@ -82,12 +91,10 @@ class DownloadConfig:
             raise ValueError("say where the photos are: --photos, --photos-dir or --photos-archive")
         if self.photos_dir is not None and self.photos_archive is not None:
             raise ValueError("--photos-dir and --photos-archive exclude each other: pick one")
-        if self.photos is not None and not Path(self.photos).is_file():
-            raise FileNotFoundError(f"{self.photos}: photos file does not exist")
-        if self.photos_dir is not None and not Path(self.photos_dir).is_dir():
-            raise FileNotFoundError(f"{self.photos_dir}: photos folder does not exist")
-        if self.photos_archive is not None and not Path(self.photos_archive).is_file():
-            raise FileNotFoundError(f"{self.photos_archive}: photos archive does not exist")
+        for path, what, folder in ((self.photos, "photos file", False), (self.photos_dir, "photos folder", True),
+                                   (self.photos_archive, "photos archive", False)):
+            if path is not None:
+                _check_exists(Path(path), what, folder)
         if self.mirror is not None and not _is_url(self.mirror):
             raise ValueError(f"--mirror must be an http://, https:// or file:// URL, got {self.mirror!r}")
         if self.mirror is not None and self.photos is None:

@@ -290,3 +290,14 @@ def test_settings_that_are_not_finite_numbers_are_refused(tmp_path, settings, me
     (tmp_path / "photos.txt").write_text("")
     with pytest.raises(ValueError, match=message):
         download(DownloadConfig(meta=tmp_path, photos=tmp_path / "photos.txt", out=tmp_path / "out", **settings))
+
+
+def test_a_file_given_for_a_folder_and_a_folder_for_a_file_are_named_as_such(tmp_path):
+    (tmp_path / "photos.txt").write_text("")
+    base = dict(meta=tmp_path, out=tmp_path / "out")
+    with pytest.raises(NotADirectoryError, match=r"photos\.txt: the photos folder is a file, not a folder"):
+        download(DownloadConfig(photos_dir=tmp_path / "photos.txt", **base))
+    with pytest.raises(IsADirectoryError, match=r": the photos file is a folder, not a file"):
+        download(DownloadConfig(photos=tmp_path, **base))
+    with pytest.raises(IsADirectoryError, match=r": the photos archive is a folder, not a file"):
+        download(DownloadConfig(photos_archive=tmp_path, **base))
