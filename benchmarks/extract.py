@@ -134,17 +134,14 @@ def precision_figures(paths: list[Path], backbone: str, count: int) -> dict[str,
 
 
 def engine_figures(root: Path, args: argparse.Namespace, engines: list[str]) -> dict[str, object]:
-    """(e): each engine's whole build of the same photos, the network built inside (Ray started first), and
-    its steady rate: images after the first batch over the time after the first batch."""
-    from embeddings.extraction.distributor import open_engine
-    from embeddings.extraction.pipeline import list_items
-
+    """(e): each engine's whole build of the same photos, the network built inside (Ray started first)."""
     figures: dict[str, object] = {}
     if "ray" in engines:
         import ray
 
         start = time.perf_counter()
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING",
+                 _node_ip_address="127.0.0.1")
         figures["ray_start_s"] = time.perf_counter() - start
     for engine in engines:
         config = BuildConfig(out=root / f"{engine}.h5", images=root / "photos", backbone=args.backbone,
@@ -153,19 +150,8 @@ def engine_figures(root: Path, args: argparse.Namespace, engines: list[str]) -> 
         start = time.perf_counter()
         summary = build(config)
         figures[f"{engine}_images_per_s"] = summary.computed / (time.perf_counter() - start)
-        todo = [(key, path) for key, path, _ in list_items(config)[0]]
-        runner = open_engine(config)
-        first, count = None, 0
-        for batch in runner.batches(todo):
-            if first is None:
-                first = time.perf_counter()
-            else:
-                count += len(batch.ids)
-        figures[f"{engine}_steady_images_per_s"] = count / (time.perf_counter() - first)
-        runner.close()
     if "ray" in engines and "local" in engines:
         figures["ray_over_local"] = figures["ray_images_per_s"] / figures["local_images_per_s"]
-        figures["ray_over_local_steady"] = figures["ray_steady_images_per_s"] / figures["local_steady_images_per_s"]
     return figures
 
 

@@ -81,7 +81,8 @@ class RayEngine:
             if config.ray_address:
                 ray.init(address=config.ray_address, logging_level=logging.WARNING)
             else:
-                ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.WARNING)
+                ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.WARNING,
+                         _node_ip_address="127.0.0.1")  # this machine only: loopback
             self._started = True
         ray.data.DataContext.get_current().enable_progress_bars = bool(config.progress)
         gpus = ray.cluster_resources().get("GPU", 0.0)
