@@ -102,7 +102,8 @@ class Extractor:
     def batches(self, items: Iterable[tuple[str, str | Path]]) -> Iterator[Batch]:
         """Vectors for ``(id, image file)`` pairs, batch by batch, in order; unreadable images are reported
         in ``Batch.failures`` and skipped. The next ``prefetch`` batches decode in worker processes while
-        the network runs."""
+        the network runs (they import the main module: a script calling this needs the usual
+        ``if __name__ == "__main__":`` guard)."""
         pool = DecodePool(self.spec.input_size, self.decode, self.workers, self.batch_size, self.prefetch)
         with pool:
             for decoded in pool.batches(items):
