@@ -87,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    # images.decode refuses such images with a recorded reason; Pillow's own warning would only add noise
+    # images.decode refuses such images with a recorded reason; Pillow's own warning would only add noise,
+    # as would its warnings about a photo's damaged EXIF (read as far as it goes, two lines a photo)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
         config = DownloadConfig(
             meta=args.meta, photos=args.photos, out=args.out, photos_dir=args.photos_dir,

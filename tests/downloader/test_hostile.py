@@ -301,3 +301,16 @@ def test_a_file_given_for_a_folder_and_a_folder_for_a_file_are_named_as_such(tmp
         download(DownloadConfig(photos=tmp_path, **base))
     with pytest.raises(IsADirectoryError, match=r": the photos archive is a folder, not a file"):
         download(DownloadConfig(photos_archive=tmp_path, **base))
+
+
+def test_the_cli_does_not_print_pillows_warnings_about_a_photos_exif(tmp_path):
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    picture = encode(make_image(30, 20), "PNG", exif=exif.tobytes()[:20])  # cut inside its first tag
+    out = run_over_folder(tmp_path, {"1.png": picture})  # the photo itself is fine: saved
+    assert (out / "shop" / "1.jpg").exists()
+    result = subprocess.run([sys.executable, "-m", "downloader", "--meta", str(tmp_path / "meta"), "--photos-dir",
+                             str(tmp_path / "mirror"), "--out", str(tmp_path / "out2"), "--quiet"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and (tmp_path / "out2" / "shop" / "1.jpg").exists()
+    assert "Warning" not in result.stderr and "EXIF" not in result.stderr  # two lines a photo, 400,000 photos
