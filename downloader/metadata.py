@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,8 @@ def _read_text(path: Path) -> str:
 
 
 def _number(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError  # JSON as Python reads it also has Infinity and NaN
     return float(value) if not float(value).is_integer() else int(value)
 
 
@@ -126,7 +127,7 @@ def _parse_bbox(raw: object) -> BBox:
     except KeyError as missing:
         raise MetadataError(f"bbox has no {missing.args[0]!r}") from None
     except TypeError:
-        raise MetadataError(f"bbox values must be numbers, got {raw}") from None
+        raise MetadataError(f"bbox values must be finite numbers, got {raw}") from None
     if box.width <= 0 or box.height <= 0:
         raise MetadataError(f"zero-size or negative box (width {box.width}, height {box.height})")
     if box.left < 0 or box.top < 0:

@@ -48,6 +48,8 @@ def test_pairs_boxes_numbered_per_photo_and_product(tmp_path):
     ({"photo": 1, "product": 1, "bbox": {"left": 0, "top": 0, "width": 0, "height": 0}}, "zero-size"),
     ({"photo": 1, "product": 1, "bbox": {"left": 0, "top": 0, "width": -3, "height": 2}}, "negative"),
     ({"photo": 1, "product": 1, "bbox": {"left": 0, "top": 0, "width": "a", "height": 2}}, "numbers"),
+    ({"photo": 1, "product": 1, "bbox": {"left": 0, "top": 0, "width": float("inf"), "height": 2}}, "finite"),
+    ({"photo": 1, "product": 1, "bbox": {"left": float("nan"), "top": 0, "width": 1, "height": 2}}, "finite"),
     ({"photo": 2, "product": 1, "bbox": {"left": 0, "top": 0, "width": 1, "height": 1}}, "not in photos.txt"),
 ])
 def test_bad_entries_skipped_and_reported_or_fatal_with_strict(tmp_path, entry, message):
