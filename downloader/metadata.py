@@ -140,6 +140,8 @@ def _load_list(path: Path) -> list:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise MetadataError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise MetadataError(f"{path}: not JSON (nested too deeply)") from None
     if not isinstance(data, list):
         raise MetadataError(f"{path}: expected a JSON list, got {type(data).__name__}")
     return data

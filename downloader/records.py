@@ -47,6 +47,8 @@ def read_jsonl(path: str | Path, problems: list[str] | None = None) -> list[dict
                 logger.warning("%s:%d: torn last line (a killed run?): skipped", path, number)
                 continue
             why = f"not JSON ({error.msg})"
+        except RecursionError:
+            why = "not JSON (nested too deeply)"
         if why is None:
             records.append(record)
         elif problems is None:

@@ -79,6 +79,12 @@ def test_file_that_is_not_json_names_the_file(tmp_path):
         read_metadata(tmp_path, categories=["tops"])
 
 
+def test_json_nested_too_deeply_names_the_file(tmp_path):
+    write(tmp_path, "train_pairs_tops.json", "[" * 100_000 + "]" * 100_000)  # json raised RecursionError
+    with pytest.raises(MetadataError, match=r"train_pairs_tops\.json: not JSON \(nested too deeply\)"):
+        read_metadata(tmp_path, categories=["tops"])
+
+
 def test_missing_meta_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_metadata(tmp_path / "nope")

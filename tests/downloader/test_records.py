@@ -17,6 +17,7 @@ def test_torn_last_line_is_skipped(tmp_path, caplog):
     ('{"a": 1}\nnot json\n{"a": 2}\n', 2, "not JSON"),
     ('{"a": 1}\n{"a": 2}\n{"a": 3, "b"\n', 3, "not JSON"),  # a whole last line (it ends in a newline) is not torn
     ('[1, 2]\n', 1, "not a JSON object but list"),
+    ('{"a": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n", 2, "not JSON"),  # json raised RecursionError
 ])
 def test_any_other_bad_line_is_an_error_naming_file_and_line(tmp_path, text, line, why):
     path = tmp_path / "r.jsonl"
