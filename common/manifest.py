@@ -123,6 +123,9 @@ def read_manifest(path: str | Path, strict: bool = False) -> Manifest:
                 continue
             _problem(manifest, number, "not JSON", strict)
             continue
+        except RecursionError:  # json's answer to "[[[[...": not a JSONDecodeError
+            _problem(manifest, number, "not JSON (nested too deeply)", strict)
+            continue
         try:
             manifest.entries.append(parse_entry(record))
         except ValueError as error:

@@ -314,3 +314,13 @@ def test_the_cli_does_not_print_pillows_warnings_about_a_photos_exif(tmp_path):
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0 and (tmp_path / "out2" / "shop" / "1.jpg").exists()
     assert "Warning" not in result.stderr and "EXIF" not in result.stderr  # two lines a photo, 400,000 photos
+
+
+def test_a_record_line_nested_too_deeply_is_reported_not_a_traceback(tmp_path):
+    out = run_over_folder(tmp_path, {"1.jpg": JPEG})
+    deep = "[" * 100_000 + "]" * 100_000 + "\n"  # json raises RecursionError, not JSONDecodeError
+    for name in ("manifest.jsonl", "failures.jsonl"):
+        (out / name).write_text(deep + (out / name).read_text())
+    summary = download(DownloadConfig(meta=tmp_path / "meta", photos_dir=tmp_path / "mirror", out=out))
+    assert summary.present == 1 and len(summary.record_problems) == 2
+    assert [r["path"] for r in read_jsonl(out / "manifest.jsonl")] == ["shop/1.jpg"]
