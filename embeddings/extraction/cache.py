@@ -371,8 +371,9 @@ class CacheWriter:
             return h5py.File(self.path, "a", libver="latest")
         with _open(self.path) as handle:
             found = _checked(handle, self.path, self.attrs)
-            if self.labelled and "labels" not in handle:
-                raise CacheError(f"{self.path}: has no labels but this build is of a labelled folder")
+            if self.labelled != ("labels" in handle):  # rows without labels would misalign the labels column
+                raise CacheError(f"{self.path}: has no labels but this build is of a labelled folder" if self.labelled
+                                 else f"{self.path}: has labels but this build has none; write to another file")
             self.ids = set(_read_ids(handle, _count(handle)))
         try:
             return h5py.File(self.path, "a", libver="latest")

@@ -250,3 +250,16 @@ def test_resume_and_repair_do_not_load_the_vectors(tmp_path, monkeypatch):
     assert _peak_mib(lambda: cache._repair(path, read_attrs(path))) < 6
     assert len(read_ids(path)) == 2000
     np.testing.assert_array_equal(read_rows(path, [1999]).vectors, np.ones((1, 4096), np.float32))
+
+
+def test_a_writer_without_labels_is_refused_on_a_labelled_cache(tmp_path):
+    """Regression: an unlabelled build appended to a labelled cache left its labels shorter than its ids,
+    so every later reader paired rows with the wrong labels (or failed with an IndexError)."""
+    ids, vectors, labels = _labelled_cache(tmp_path / "v.h5", count=5)
+    with pytest.raises(CacheError, match=r"v.h5: has labels but this build has none"):
+        CacheWriter(tmp_path / "v.h5", ATTRS).__enter__()
+    cache = read_vectors(tmp_path / "v.h5")
+    assert list(cache.ids) == list(ids) and list(cache.labels) == list(labels)
+    with CacheWriter(tmp_path / "v.h5", ATTRS, labelled=True) as writer:  # the lock was released
+        writer.append(["new"], random_vectors(1, 6), ["class9"])
+    assert list(read_rows(tmp_path / "v.h5", ["new"]).labels) == ["class9"]
