@@ -303,6 +303,7 @@ def test_a_file_given_for_a_folder_and_a_folder_for_a_file_are_named_as_such(tmp
         download(DownloadConfig(photos_archive=tmp_path, **base))
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # the in-process run below
 def test_the_cli_does_not_print_pillows_warnings_about_a_photos_exif(tmp_path):
     exif = Image.Exif()
     exif[0x010F] = "camera"
