@@ -45,8 +45,12 @@ def deserialize(blob: np.ndarray) -> Any:
 
 def make_part(vectors: np.ndarray, metric: str, factory: str, config: AnnConfig) -> tuple[AnnPart, np.ndarray]:
     """A tuned FAISS part over one category's rows; returns it and the FAISS id of each row (0..n-1)."""
-    index, info = build_part(for_faiss(vectors, metric), factory, config)
-    return AnnPart(serialize(index), np.zeros(0, np.int64), info), np.arange(len(vectors), dtype=np.int64)
+    count = len(vectors)
+    prepared = for_faiss(vectors, metric)
+    del vectors  # the rows as read: not kept beside their unit-length copy
+    index, info = build_part(prepared, factory, config)
+    del prepared
+    return AnnPart(serialize(index), np.zeros(0, np.int64), info), np.arange(count, dtype=np.int64)
 
 
 def extend_part(part: AnnPart, vectors: np.ndarray, metric: str, category: str) -> tuple[AnnPart, np.ndarray]:
