@@ -60,9 +60,10 @@ class WriterLock:
     def holder(self) -> dict[str, Any]:
         """What the lock file says of its holder (empty when unreadable)."""
         try:
-            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
+            holder = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError, RecursionError):
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def __enter__(self) -> "WriterLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)

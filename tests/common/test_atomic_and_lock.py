@@ -57,3 +57,10 @@ def test_wait_gives_up_after_its_timeout(tmp_path):
         with pytest.raises(LockHeld):
             with WriterLock(tmp_path / "v.h5", wait=True, timeout=0.5):
                 pass
+
+
+def test_a_garbled_lock_file_left_behind_is_taken_over(tmp_path):
+    for garbage in ("[" * 100_000, "[1, 2]", "\xff not json"):
+        (tmp_path / "v.h5.lock").write_text(garbage)
+        with WriterLock(tmp_path / "v.h5"):
+            pass
