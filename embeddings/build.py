@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a plain folder of images; with one sub-folder per class, the class is stored as a label")
     parser.add_argument("--out", type=Path, required=True, help="the cache file, e.g. vectors.h5")
     add_backbone_arguments(parser)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a tower folder from python -m embeddings.finetune: embed with it instead of --backbone "
+                             "(its identity is recorded in the cache; local engine, float32)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per network call (default: 32)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1),
                         help="I/N: build only part I (0-based) of N; join parts with python -m embeddings.merge")
@@ -83,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                          precision=args.precision, engine=args.engine, ray_address=args.ray_address,
                          gpus_per_worker=args.gpus_per_worker, strict=args.strict, wait=args.wait)
     try:
-        summary = build(config)
+        extractor = None
+        if args.model is not None:
+            from .learning.tower_extractor import extractor_for_build
+
+            extractor = extractor_for_build(args.model, config)
+        summary = build(config, extractor=extractor)
     except (FileNotFoundError, ValueError, CacheError, WeightsUnavailableError, LockHeld, ManifestError,
             ConnectionError) as error:  # ConnectionError: no Ray cluster at --ray-address
         print(f"error: {error}", file=sys.stderr)

@@ -117,7 +117,12 @@ class SearchEngine:
 
                 backbone = self.index.attrs["backbone"]
                 options = {key: backbone[key] for key in ("decode", "precision") if key in backbone}
-                made = Extractor(backbone["backbone"], _weights_for(backbone, self._weights), **options)
+                if str(backbone["backbone"]).startswith("tower:"):  # vectors of a tower (embeddings.finetune)
+                    from embeddings.learning.tower_extractor import TowerExtractor
+
+                    made = TowerExtractor(_weights_for(backbone, self._weights), decode=options.get("decode", "exact"))
+                else:
+                    made = Extractor(backbone["backbone"], _weights_for(backbone, self._weights), **options)
                 self._check_extractor(made)  # checked before it is kept: a mismatch is never used later
                 self._extractor = made
             return self._extractor

@@ -42,3 +42,16 @@ class TowerExtractor(Extractor):
         """The tower's identity; ``weights_file`` (its ``model.keras``) is where queries find it again."""
         return dict(self.tower.identity, decode=self.decode, precision=self.precision,
                     weights_file=str((Path(self.tower.path) / "model.keras").resolve()))
+
+
+def extractor_for_build(model: str | Path, config: Any) -> TowerExtractor:
+    """The extractor ``embeddings.build --model`` uses for a ``BuildConfig``: the local engine, float32.
+
+    Raises:
+        ValueError: another engine or precision asked for; FileNotFoundError/ValueError: not a tower folder.
+    """
+    if config.engine != "local":
+        raise ValueError(f"--model runs on the local engine only, got --engine {config.engine}")
+    if config.precision != "float32":
+        raise ValueError(f"--model computes in float32, got --precision {config.precision}")
+    return TowerExtractor(model, config.batch_size, config.workers, decode=config.decode)

@@ -54,3 +54,28 @@ def test_another_tower_cannot_extend_the_cache(tmp_path, towers, sample):
     build(config, extractor=TowerExtractor(towers[0], workers=1))
     with pytest.raises(CacheError, match="weights: expected"):
         build(config, extractor=TowerExtractor(towers[1], workers=1))
+
+
+def test_build_command_with_model_then_index_and_query(tmp_path, towers, sample, capsys):
+    import json
+
+    from embeddings.build import main as build_main
+    from retrieval import SearchEngine, build_index
+
+    cache = tmp_path / "v.h5"
+    assert build_main(["--manifest", str(sample), "--model", str(towers[0]), "--out", str(cache),
+                       "--workers", "1", "--quiet"]) == 0
+    cached = read_vectors(cache)
+    assert cached.vectors.shape == (16, 12) and cached.attrs["backbone"] == "tower:small-cnn"
+    build_index(cache, sample, tmp_path / "index.h5")
+    engine = SearchEngine.load(tmp_path / "index.h5")
+    products = {r["path"]: r["product"] for r in map(json.loads, sample.read_text().splitlines())}
+    shop = next(key for key in cached.ids if key.startswith("shop/"))
+    best = engine.search(sample.parent / shop, k=1)[0]  # the query is embedded by the tower the index names
+    assert best.product == products[shop] and best.distance < 1e-3
+    assert engine.extractor.describe()["weights"] == file_hash(towers[0] / "model.keras")
+    assert build_main(["--manifest", str(sample), "--model", str(towers[1]), "--out", str(cache), "--quiet"]) == 2
+    assert "weights: expected" in capsys.readouterr().err
+    assert build_main(["--manifest", str(sample), "--model", str(towers[0]), "--out", str(tmp_path / "w.h5"),
+                       "--precision", "bfloat16", "--quiet"]) == 2
+    assert "--model computes in float32" in capsys.readouterr().err
