@@ -49,8 +49,12 @@ def load_state(folder: Path, fingerprint: dict[str, Any], restart: bool = False)
     """The state saved in ``folder`` for a run with this ``fingerprint``, or a fresh one.
 
     Raises:
-        ValueError: ``folder`` holds a run with other settings or data (and not ``restart``).
+        ValueError: ``folder`` holds a run with other settings or data (and not ``restart``), or is a file.
     """
+    if folder.exists() and not folder.is_dir():
+        out = folder.with_name(folder.name[:-len(".partial")])
+        raise ValueError(f"{folder}: exists and is not a folder (where {out} keeps its checkpoint); "
+                         f"move it away or choose another --out")
     if restart and folder.exists():
         logger.warning("%s: discarding the interrupted run (restart)", folder)
         shutil.rmtree(folder)

@@ -22,7 +22,7 @@ import numpy as np
 
 from common import WriterLock, atomic_path
 
-from ..extraction.cache import identity, read_vectors
+from ..extraction.cache import identity, read_info, read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
 from .losses import MINING, contrastive_loss, triplet_loss
 from .metrics import euclidean_distances, first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
@@ -148,6 +148,9 @@ def load_items(config: TrainConfig) -> tuple[ItemSet, dict[str, Any]]:
     if config.manifest is not None:
         items, attrs = from_manifest_cache(config.vectors, config.manifest, strict=config.strict_manifest)
     else:
+        if not read_info(config.vectors).labelled:  # said before the whole cache is read
+            raise ValueError(f"{config.vectors}: has no labels: build it from a folder with one sub-folder per "
+                             f"class, or pass --manifest")
         vectors = read_vectors(config.vectors)
         items, attrs = from_labels(vectors), vectors.attrs
     return items, dict(identity(attrs), file=str(config.vectors))
