@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 HEAD_FORMAT = "street2shop-head/1"
 HEAD_FILES = ("model.keras", "config.json", "history.json", "training.png")
+RANK_BLOCK_BYTES = 64 << 20  # float64 distances of one block of validation queries against the gallery
 
 
 @dataclass
@@ -128,14 +129,26 @@ def _validation_pairs(items: ItemSet, rng: np.random.Generator, limit: int = 200
     return np.stack([anchors[keep], positives[keep]], 1), np.stack([anchors, negatives], 1)
 
 
+def _first_hit_ranks(embedded: np.ndarray, items: ItemSet) -> np.ndarray:
+    """Rank of each query's first match in the gallery, a block of queries at a time (``RANK_BLOCK_BYTES`` of
+    float64 distances), so that memory does not grow with queries x gallery."""
+    queries, gallery = np.flatnonzero(items.query), np.flatnonzero(items.gallery)
+    step = max(1, RANK_BLOCK_BYTES // (8 * max(1, len(gallery))))
+    ranks = [np.zeros(0, np.int64)]
+    for start in range(0, len(queries), step):
+        block = queries[start:start + step]
+        distances = euclidean_distances(embedded[block], embedded[gallery])
+        if items.same_sides:  # queries are the gallery: query i is gallery item i, not a match of itself
+            distances[np.arange(len(block)), start + np.arange(len(block))] = np.inf
+        ranks.append(first_hit_rank(distances, items.labels[block], items.labels[gallery], items.groups[block],
+                                    items.groups[gallery]))
+    return np.concatenate(ranks)
+
+
 def evaluate_embeddings(embedded: np.ndarray, items: ItemSet, pairs: tuple[np.ndarray, np.ndarray],
                         calibration: Calibration | None = None) -> tuple[dict[str, float], Calibration]:
     """Top-1/top-10 retrieval (street queries against shop gallery, within category) and pair accuracy."""
-    queries, gallery = np.flatnonzero(items.query), np.flatnonzero(items.gallery)
-    distances = euclidean_distances(embedded[queries], embedded[gallery])
-    ranks = first_hit_rank(distances, items.labels[queries], items.labels[gallery], items.groups[queries],
-                           items.groups[gallery], exclude_self=items.same_sides)
-    accuracy = topk_accuracy(ranks, (1, 10))
+    accuracy = topk_accuracy(_first_hit_ranks(embedded, items), (1, 10))
     positive = np.linalg.norm(embedded[pairs[0][:, 0]] - embedded[pairs[0][:, 1]], axis=1)
     negative = np.linalg.norm(embedded[pairs[1][:, 0]] - embedded[pairs[1][:, 1]], axis=1)
     calibration = calibration or fit_calibration(positive, negative)

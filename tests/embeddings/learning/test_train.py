@@ -109,3 +109,48 @@ def test_calibration_separates_and_scores_monotonically():
     assert 0.35 < calibration.threshold < 0.5 and calibration.pair_accuracy == 1.0
     scores = calibration.score(np.array([0.0, 0.4, 2.0]))
     assert scores[0] > 0.5 > scores[2] and np.all(np.diff(scores) < 0)
+
+
+def _brute_force_top(embedded, items, k):
+    """Top-k by ``cdist`` over the whole query x gallery matrix, within category, self excluded."""
+    from scipy.spatial.distance import cdist
+
+    queries, gallery = np.flatnonzero(items.query), np.flatnonzero(items.gallery)
+    distances = cdist(embedded[queries], embedded[gallery])
+    distances[items.groups[queries][:, None] != items.groups[gallery][None, :]] = np.inf
+    if items.same_sides:
+        np.fill_diagonal(distances, np.inf)
+    hits = 0
+    for row, query in enumerate(queries):
+        order = np.argsort(distances[row], kind="stable")[:k]
+        hits += any(np.isfinite(distances[row, g]) and items.labels[gallery[g]] == items.labels[query] for g in order)
+    return hits / len(queries)
+
+
+@pytest.mark.parametrize("same_sides", [True, False])
+def test_validation_ranking_memory_is_a_block_of_queries(same_sides, monkeypatch):
+    """Regression: validation ranked every query against the whole gallery in one float64 matrix, copied
+    four times over (distances, masked copy, argsort, hits): 1,500 x 1,500 items peaked at ~80 MiB."""
+    import tracemalloc
+
+    from embeddings.learning import fit
+    from embeddings.learning.fit import _validation_pairs, evaluate_embeddings
+
+    monkeypatch.setattr(fit, "RANK_BLOCK_BYTES", 1 << 20)
+    vectors, labels = hidden_classes(classes=300, per_class=5, dim=8)
+    items = from_labels(Vectors(np.arange(len(labels)).astype(str).astype(object), vectors, {},
+                                np.array([str(l) for l in labels], dtype=object)))
+    items.groups[:] = np.where(labels % 3 == 0, "tops", "shoes")
+    if not same_sides:
+        items.query[:] = np.arange(len(labels)) % 5 < 2
+        items.gallery[:] = ~items.query
+    pairs = _validation_pairs(items, np.random.default_rng(0), limit=200)
+    tracemalloc.start()
+    try:
+        figures, _ = evaluate_embeddings(vectors, items, pairs)
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert peak < 24, f"validation ranking peaked at {peak:.1f} MiB"
+    assert figures["top1"] == pytest.approx(_brute_force_top(vectors, items, 1))
+    assert figures["top10"] == pytest.approx(_brute_force_top(vectors, items, 10))
