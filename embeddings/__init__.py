@@ -8,6 +8,9 @@ from .extraction.extractor import Extractor
 from .learning.head import Calibration, Head, HeadConfig, build_head, load_head
 from .learning.losses import contrastive_loss, triplet_loss
 from .learning.fit import TrainConfig, TrainResult, train
+from .learning.finetuning import FinetuneConfig, FinetuneResult, finetune
+from .learning.tower import Tower, TowerConfig, build_tower, load_tower
+from .learning.tower_extractor import TowerExtractor
 from .extraction.shards import MergeSummary, in_shard, merge
 
 __all__ = [
@@ -16,4 +19,5 @@ __all__ = [
     "triplet_loss",
     "Vectors", "WeightsUnavailableError", "build", "get_backbone", "in_shard", "iter_chunks", "merge", "read_attrs",
     "read_ids", "read_rows", "read_vectors", "write_vectors",
+    "FinetuneConfig", "FinetuneResult", "Tower", "TowerConfig", "TowerExtractor", "build_tower", "finetune", "load_tower",
 ]
