@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 import threading
 import time
 from contextlib import contextmanager
@@ -46,6 +48,15 @@ def write_head(folder: Path, extractor) -> Path:
         "format": "street2shop-head/1", "head": asdict(config), "vectors": extractor.describe(),
         "calibration": {"a": -8.0, "b": 4.0, "threshold": 0.6}}))
     return folder
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` pixels but holds almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,22 +12,13 @@ from PIL import Image
 
 from downloader.metadata import BBox
 from tests.conftest import encode, make_image
-from tests.retrieval.service.conftest import PRODUCTS, client_for
+from tests.retrieval.service.conftest import PRODUCTS, client_for, png_header_only
 
 JPEG = "image/jpeg"
 
 
 def upload(data: bytes, name: str = "street.jpg") -> dict:
     return {"image": (name, data, JPEG)}
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares ``width x height`` pixels but holds almost no data: a decompression bomb's header."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_health_and_categories_count_the_index(client):
