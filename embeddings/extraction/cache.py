@@ -12,6 +12,7 @@ order), ``read_rows`` (the rows asked for); ``read_vectors`` loads everything (s
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import sys
@@ -319,6 +320,15 @@ def append_rows(handle: h5py.File, ids: list[str], vectors: np.ndarray, labels: 
     handle["ids"][start:end] = ids
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files that runs killed while writing ``path`` left beside it (``common.atomic_path``
+    names them ``.<name>.<pid>.<thread>.part``). Only under ``path``'s writer lock: no live writer has one."""
+    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        if temp.is_file():
+            logger.warning("%s: removing %s, left by a run that was killed while writing it", path, temp.name)
+            temp.unlink(missing_ok=True)
+
+
 def _repair(path: Path, attrs: dict[str, Any]) -> None:
     """Copy the complete rows of a file a killed run left open to a new file, in chunks, and swap it in."""
     with _open(path) as source, atomic_path(path) as temp, h5py.File(temp, "w", libver="latest") as target:
@@ -352,6 +362,7 @@ class CacheWriter:
         lock = WriterLock(self.path, wait=self.wait)
         lock.__enter__()
         try:
+            remove_stale_temps(self.path)
             self._handle = self._open()
             self._handle.swmr_mode = True
         except BaseException:

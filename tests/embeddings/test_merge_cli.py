@@ -122,3 +122,29 @@ def test_the_exported_functions_survive_importing_the_commands(tmp_path):
     assert embeddings.merge([tmp_path / "a.h5"], tmp_path / "m.h5").rows == 1
     with pytest.raises(FileNotFoundError, match="nope.h5: vector cache does not exist"):
         embeddings.train(TrainConfig(vectors=tmp_path / "nope.h5", out=tmp_path / "head"))
+
+
+KILLED_MERGE = """
+import os, signal, sys
+import embeddings.extraction.shards as shards
+original = shards.append_rows
+def append_then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # mid-copy: the temporary file holds one chunk
+shards.append_rows = append_then_die
+shards.merge(sys.argv[1:-1], sys.argv[-1], chunk_rows=2)
+"""
+
+
+def test_a_killed_merge_leaves_no_temporary_file_after_the_next_run(tmp_path):
+    """Regression: a merge killed mid-copy left its temporary file (as large as the merge) beside OUT for
+    good; the next run of the same output, holding its lock, removes it."""
+    a = _part(tmp_path / "a.h5", ["p", "q", "r", "s"], 1)
+    parts = [str(tmp_path / "a.h5"), str(tmp_path / "m.h5")]
+    killed = subprocess.run([sys.executable, "-c", KILLED_MERGE, parts[0], parts[1]], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert len(list(tmp_path.glob(".m.h5.*.part"))) == 1 and not (tmp_path / "m.h5").exists()
+    assert main([parts[0], "--out", parts[1], "--quiet"]) == 0
+    assert list(tmp_path.glob(".m.h5.*")) == [] and not (tmp_path / "m.h5.lock").exists()
+    np.testing.assert_array_equal(read_vectors(tmp_path / "m.h5").vectors, a)

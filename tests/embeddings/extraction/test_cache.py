@@ -263,3 +263,24 @@ def test_a_writer_without_labels_is_refused_on_a_labelled_cache(tmp_path):
     with CacheWriter(tmp_path / "v.h5", ATTRS, labelled=True) as writer:  # the lock was released
         writer.append(["new"], random_vectors(1, 6), ["class9"])
     assert list(read_rows(tmp_path / "v.h5", ["new"]).labels) == ["class9"]
+
+
+def test_the_next_writer_removes_temporary_files_of_killed_runs_and_only_those(tmp_path):
+    """Regression: a writer killed while repairing the cache (a copy of every row) left its temporary file
+    for good. The next writer, holding the lock, removes the cache's own leftovers, not other files'."""
+    path = tmp_path / "v.h5"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        import embeddings.extraction.cache as cache
+        def die(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        cache.create = die  # killed while laying out the new file, inside its temporary name
+        with cache.CacheWriter(sys.argv[1], {"backbone": "b", "dim": 6}):
+            pass
+    """), str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert len(list(tmp_path.glob(".v.h5.*.part"))) == 1
+    (tmp_path / ".v.h5x.1.2.part").write_text("another file's")
+    with CacheWriter(path, {"backbone": "b", "dim": 6}) as writer:
+        writer.append(["a"], random_vectors(1, 6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v.h5x.1.2.part", "v.h5"]
