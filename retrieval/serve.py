@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a batch waits for requests still arriving (default: 5)")
     parser.add_argument("--head", type=Path, help="the head folder, if it moved since the index was built")
     parser.add_argument("--weights", help="the backbone weights file, if the index was built from one")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="let pages of this origin (https://shop.example, or *) call the API from the browser; "
+                             "repeat for more (default: none, same origin only)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="log level (default: info: one line per request)")
     return parser
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ServiceConfig(index=args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, head=args.head,
-                               weights=args.weights).validate()
+                               weights=args.weights, cors_origins=tuple(args.cors_origin)).validate()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -80,6 +80,11 @@ def create_app(engine: Any, config: ServiceConfig) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(UploadLimit, limit=config.max_upload_bytes)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], max_age=3600)
     app.add_middleware(RequestLog)
     app.state.batcher = batcher
     return app

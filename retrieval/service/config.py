@@ -18,6 +18,7 @@ class ServiceConfig:
         batch_wait_ms: how long a batch waits for requests already arriving before it runs.
         head, weights: the head folder and backbone weights file, when they moved since the index was built.
         max_pixels: the largest decoded photo (width x height); larger ones are refused as decompression bombs.
+        cors_origins: web origins (``https://shop.example``) whose pages may call the API from the browser.
     """
 
     index: Path
@@ -29,6 +30,7 @@ class ServiceConfig:
     head: Path | None = None
     weights: str | None = None
     max_pixels: int = 40_000_000
+    cors_origins: tuple[str, ...] = ()
 
     def validate(self) -> "ServiceConfig":
         """Raises ValueError naming the first bad setting; returns ``self``."""
@@ -40,6 +42,9 @@ class ServiceConfig:
             raise ValueError(f"--max-batch must be in 1..1024, got {self.max_batch}")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise ValueError(f"--batch-wait-ms must be in 0..10000, got {self.batch_wait_ms}")
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"--cors-origin must be * or start with http:// or https://, got {origin!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         return self

@@ -206,3 +206,24 @@ def test_openapi_documents_the_routes_and_the_page_is_served(client):
         text = client.get(asset).text
         assert "http://" not in text and "https://" not in text, asset  # nothing from the internet
     assert json.loads(client.get("/healthz").text)["status"] == "ok"
+
+
+def test_cross_origin_calls_only_from_the_origins_allowed(raw_engine, raw_index, client):
+    preflight = {"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+    with client_for(raw_engine, raw_index, cors_origins=("https://shop.example",)) as shop:
+        allowed = shop.options("/api/search", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
+        answer = shop.post("/api/search", files=upload(encode(make_image())), headers={"Origin": "https://shop.example"})
+        assert answer.headers["access-control-allow-origin"] == "https://shop.example"
+        other = shop.options("/api/search", headers=dict(preflight, Origin="https://elsewhere.example"))
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    answer = client.post("/api/search", files=upload(encode(make_image())), headers={"Origin": "https://shop.example"})
+    assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+
+
+def test_cors_origin_must_be_a_web_origin(raw_engine, raw_index):
+    from retrieval.service import ServiceConfig
+
+    with pytest.raises(ValueError, match="--cors-origin must be \\* or start with http:// or https://, got 'shop'"):
+        ServiceConfig(index=raw_index, cors_origins=("shop",)).validate()
