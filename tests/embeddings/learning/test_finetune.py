@@ -102,3 +102,11 @@ def test_a_folder_with_other_files_is_not_replaced(tmp_path, capsys, stripes):
     assert main(["--fashion-mnist", str(stripes), "--backbone", "small-cnn", "--out", str(out), "--quiet"]) == 2
     assert "holds other files than a tower's (notes.txt)" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_file_where_the_checkpoint_goes_is_named(tmp_path, capsys, stripes):
+    (tmp_path / "run.partial").write_text("not a folder")
+    argv = ["--fashion-mnist", str(stripes), "--backbone", "small-cnn", "--out", str(tmp_path / "run"), "--quiet",
+            "--epochs", "1", "--steps-per-epoch", "1", "--eval-limit", "60"]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'run.partial'}: exists and is not a folder" in capsys.readouterr().err
