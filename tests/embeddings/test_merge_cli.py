@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -148,3 +149,25 @@ def test_a_killed_merge_leaves_no_temporary_file_after_the_next_run(tmp_path):
     assert main([parts[0], "--out", parts[1], "--quiet"]) == 0
     assert list(tmp_path.glob(".m.h5.*")) == [] and not (tmp_path / "m.h5.lock").exists()
     np.testing.assert_array_equal(read_vectors(tmp_path / "m.h5").vectors, a)
+
+
+@pytest.mark.parametrize("first", ["functions", "commands"])
+def test_functions_and_commands_share_their_names_in_any_import_order(first):
+    """In a fresh interpreter, whichever is imported first: ``from embeddings import merge, train`` call the
+    functions and ``import embeddings.merge as cli`` gives the command with its ``main``."""
+    functions = "from embeddings import merge, train\n"
+    commands = "import embeddings.merge as merge_cli, embeddings.train as train_cli\n"
+    check = textwrap.dedent("""
+        from embeddings import merge as m, train as t
+        assert callable(merge_cli.main) and callable(train_cli.main)
+        for name, bound in (("merge", m), ("train", t)):
+            try:
+                bound([], "x") if name == "merge" else bound(None)
+            except (ValueError, AttributeError) as error:
+                print(name, type(error).__name__, error)
+    """)
+    code = (functions + commands if first == "functions" else commands + functions) + check
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["merge ValueError nothing to merge: give at least one cache",
+                                          "train AttributeError 'NoneType' object has no attribute 'validate'"]
