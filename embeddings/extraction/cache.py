@@ -16,9 +16,10 @@ import glob
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -33,6 +34,7 @@ IDENTITY = ("backbone", "layer", "weights", "input_size", "dim", "precision", "d
 # What an older file (or description) that lacks an identity attribute was made with.
 IDENTITY_DEFAULTS = {"precision": "float32", "decode": "exact"}
 CHUNK_BYTES = 64 << 20  # default size of one chunk of vectors read or copied at a time
+OPEN_WAIT = 5.0  # seconds a reader waits for a writer that holds HDF5's file lock while opening
 
 
 class CacheError(ValueError):
@@ -59,16 +61,32 @@ class Vectors:
 
 
 def _open(path: Path) -> h5py.File:
-    """Open for reading; a file a killed writer left open is read in SWMR mode."""
+    """Open for reading; a file a killed writer left open is read in SWMR mode. A writer holds HDF5's file
+    lock for an instant while it opens the file (until SWMR is on): wait for it, up to ``OPEN_WAIT`` s."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: vector cache does not exist")
+    deadline = time.monotonic() + OPEN_WAIT
+    while True:
+        try:
+            return _open_once(path)
+        except BlockingIOError as error:
+            if time.monotonic() > deadline:
+                raise CacheError(f"{path}: locked by another process for over {OPEN_WAIT:g} s ({error})") from None
+            time.sleep(0.05)
+
+
+def _open_once(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
+    except BlockingIOError:
+        raise
     except OSError as error:
         if "already open for write" not in str(error):
             raise CacheError(f"{path}: not a readable HDF5 vector cache ({error})") from None
     try:
         return h5py.File(path, "r", libver="latest", swmr=True)
+    except BlockingIOError:
+        raise
     except OSError as error:
         raise CacheError(f"{path}: not a readable HDF5 vector cache ({error})") from None
 
@@ -329,12 +347,32 @@ def remove_stale_temps(path: Path) -> None:
             temp.unlink(missing_ok=True)
 
 
-def _repair(path: Path, attrs: dict[str, Any]) -> None:
-    """Copy the complete rows of a file a killed run left open to a new file, in chunks, and swap it in."""
-    with _open(path) as source, atomic_path(path) as temp, h5py.File(temp, "w", libver="latest") as target:
-        create(target, source["vectors"].shape[1], attrs, with_labels="labels" in source)
-        for ids, vectors, labels in _chunks(source, None):
-            append_rows(target, list(ids), vectors, None if labels is None else list(labels))
+def _replace_open(path: Path, fill: Callable[[h5py.File], None]) -> h5py.File:
+    """Write a new file with ``fill`` under a temporary name, rename it over ``path`` and return it still open
+    for appending: a reader that opens ``path`` at once cannot lock the writer out of it (HDF5's file lock)."""
+    handle = None
+    try:
+        with atomic_path(path) as temp:
+            handle = h5py.File(temp, "w", libver="latest")
+            fill(handle)
+            handle.flush()
+    except BaseException:
+        if handle is not None:
+            handle.close()
+        raise
+    return handle
+
+
+def _repair(path: Path, attrs: dict[str, Any]) -> h5py.File:
+    """Copy the complete rows of ``path`` (left open by a killed run, or held by a reader) to a new file, in
+    chunks, and swap it in; returns the new file, open for appending."""
+    with _open(path) as source:
+        def copy(target: h5py.File) -> None:
+            create(target, source["vectors"].shape[1], attrs, with_labels="labels" in source)
+            for ids, vectors, labels in _chunks(source, None):
+                append_rows(target, list(ids), vectors, None if labels is None else list(labels))
+
+        return _replace_open(path, copy)
 
 
 class CacheWriter:
@@ -377,9 +415,8 @@ class CacheWriter:
     def _open(self) -> h5py.File:
         """Create the file, or resume it (reading its ids only); repair it if a killed run left it open."""
         if not self.path.exists():
-            with atomic_path(self.path) as temp, h5py.File(temp, "w", libver="latest") as handle:
-                create(handle, self.attrs["dim"], self.attrs, with_labels=self.labelled)
-            return h5py.File(self.path, "a", libver="latest")
+            return _replace_open(self.path, lambda handle: create(handle, self.attrs["dim"], self.attrs,
+                                                                  with_labels=self.labelled))
         with _open(self.path) as handle:
             found = _checked(handle, self.path, self.attrs)
             if self.labelled != ("labels" in handle):  # rows without labels would misalign the labels column
@@ -395,8 +432,7 @@ class CacheWriter:
             else:  # HDF5's own file lock: a reader has it open, and goes on reading the old file
                 logger.warning("%s is open in another process (%s); appending to a copy of its %d rows",
                                self.path, str(error).splitlines()[0][:120], len(self.ids))
-            _repair(self.path, found)
-            return h5py.File(self.path, "a", libver="latest")
+            return _repair(self.path, found)
 
     def append(self, ids: list[str], vectors: np.ndarray, labels: list[str] | None = None) -> int:
         """Write the rows whose ids are new, and flush; returns how many were written."""

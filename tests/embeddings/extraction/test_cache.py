@@ -247,7 +247,7 @@ def test_resume_and_repair_do_not_load_the_vectors(tmp_path, monkeypatch):
     import embeddings.extraction.cache as cache
 
     monkeypatch.setattr(cache, "CHUNK_BYTES", 1 << 20)
-    assert _peak_mib(lambda: cache._repair(path, read_attrs(path))) < 6
+    assert _peak_mib(lambda: cache._repair(path, read_attrs(path)).close()) < 6
     assert len(read_ids(path)) == 2000
     np.testing.assert_array_equal(read_rows(path, [1999]).vectors, np.ones((1, 4096), np.float32))
 
@@ -284,3 +284,58 @@ def test_the_next_writer_removes_temporary_files_of_killed_runs_and_only_those(t
     with CacheWriter(path, {"backbone": "b", "dim": 6}) as writer:
         writer.append(["a"], random_vectors(1, 6))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".v.h5x.1.2.part", "v.h5"]
+
+
+HOLD_OPEN = textwrap.dedent("""
+    import sys, time, h5py
+    handle = h5py.File(sys.argv[1], sys.argv[2], libver="latest")  # "a": as a writer opening the cache
+    print("open", flush=True)
+    time.sleep(float(sys.argv[3]))
+    if sys.argv[2] == "a":
+        handle.swmr_mode = True  # from here readers may open it
+    time.sleep(30)
+""")
+
+
+def test_a_reader_waits_for_the_instant_a_writer_opens_the_cache(tmp_path):
+    """Regression: a reader opening the cache while a writer held HDF5's lock (between opening the file
+    and switching to SWMR) failed with 'not a readable HDF5 vector cache' (1 read in ~300 in a loop)."""
+    path = tmp_path / "v.h5"
+    _labelled_cache(path, count=5)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), "a", "0.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        assert list(read_ids(path)) == [f"id{i}" for i in range(5)]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_reader_opening_the_repaired_cache_does_not_fail_the_writer(tmp_path, monkeypatch):
+    """Regression: a writer that found the cache open in a reader copied it and reopened the copy; a reader
+    opening the copy in between made the writer fail with BlockingIOError (HDF5's file lock)."""
+    import embeddings.extraction.cache as cache
+
+    path = tmp_path / "v.h5"
+    _labelled_cache(path, count=5)
+    readers = []
+    original = cache._repair
+
+    def repair_then_a_reader_opens(*args):
+        result = original(*args)
+        readers.append(subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), "r", "0"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+        readers[-1].stdout.readline()  # the reader has the new file open (or could not open it)
+        return result
+
+    monkeypatch.setattr(cache, "_repair", repair_then_a_reader_opens)
+    first = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), "r", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "open\n"  # a reader holds the old file: the writer copies it
+        with CacheWriter(path, ATTRS, labelled=True) as writer:
+            writer.append(["new"], random_vectors(1, 6), ["class9"])
+        assert list(read_ids(path))[-1] == "new" and len(readers) == 1
+    finally:
+        for process in [first] + readers:
+            process.kill()
+            process.wait()
