@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import select
 import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -63,8 +67,35 @@ def join(parts: list[Decoded], size: tuple[int, int]) -> Decoded:
     return Decoded(ids, pixels, [f for part in parts for f in part.failures])
 
 
-def _ignore_interrupt() -> None:
+def _start_worker(driver: int) -> None:
+    """Worker start-up: ignore Ctrl-C, and exit when the driver process ends (even by SIGKILL)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(driver,), name="driver-watch", daemon=True).start()
+
+
+def _exit_with(driver: int) -> None:
+    """Wait for ``driver`` to end, then end this process: a killed driver leaves no orphan workers behind
+    (they hold their task queue open themselves, so they would wait on it for ever)."""
+    try:
+        handle = os.pidfd_open(driver)
+    except (AttributeError, OSError):  # no pidfd (not Linux, or the driver is already gone): poll
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])
+    else:
+        while _alive(driver):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -99,7 +130,8 @@ class DecodePool:
 
     def _submit(self, chunk: list[tuple[str, str]]) -> Future:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_ignore_interrupt)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_start_worker,
+                                             initargs=(os.getpid(),))
             self._generation += 1
         try:
             future = self._pool.submit(decode_chunk, chunk, self.size, self.decode)

@@ -93,3 +93,49 @@ def test_auto_precision_reads_the_hardware():
     assert choose_precision("float16", "", gpus=[]) == "float16"
     with pytest.raises(ValueError, match=r"precision must be one of .* got 'fp8'"):
         choose_precision("fp8")
+
+
+DRIVER = """
+import sys, time
+from multiprocessing import forkserver
+from embeddings.extraction.decoding import DecodePool
+
+if __name__ == "__main__":
+    pool = DecodePool((32, 32), "exact", workers=2, batch_size=2)
+    batches = pool.batches([(str(i), sys.argv[1]) for i in range(40)])
+    next(batches)
+    print(*pool._pool._processes, forkserver._forkserver._forkserver_pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_killed_driver_leaves_no_decoding_process_behind(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), str(photo(tmp_path / "a.jpg", 40, 30))],
+                              stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        pids = [int(pid) for pid in driver.stdout.readline().split()]
+        assert len(pids) == 3
+        driver.kill()
+        deadline = time.monotonic() + 10
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in pids if not _gone(pid)] == []
+    finally:
+        driver.kill()
+        driver.wait()
