@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from common import WriterLock, atomic_path
 
-from .cache import (CacheError, CacheInfo, append_rows, check_identity, create, iter_labelled_chunks, read_info,
-                    remove_stale_temps)
+from .cache import CacheError, CacheInfo, check_identity, iter_labelled_chunks, read_info
+from .cache_writer import append_rows, create, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 

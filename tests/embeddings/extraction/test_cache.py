@@ -245,9 +245,10 @@ def test_resume_and_repair_do_not_load_the_vectors(tmp_path, monkeypatch):
 
     assert _peak_mib(resume) < 6
     import embeddings.extraction.cache as cache
+    import embeddings.extraction.cache_writer as cache_writer
 
     monkeypatch.setattr(cache, "CHUNK_BYTES", 1 << 20)
-    assert _peak_mib(lambda: cache._repair(path, read_attrs(path)).close()) < 6
+    assert _peak_mib(lambda: cache_writer._repair(path, read_attrs(path)).close()) < 6
     assert len(read_ids(path)) == 2000
     np.testing.assert_array_equal(read_rows(path, [1999]).vectors, np.ones((1, 4096), np.float32))
 
@@ -271,11 +272,11 @@ def test_the_next_writer_removes_temporary_files_of_killed_runs_and_only_those(t
     path = tmp_path / "v.h5"
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import os, signal, sys
-        import embeddings.extraction.cache as cache
+        import embeddings.extraction.cache_writer as cache_writer
         def die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
-        cache.create = die  # killed while laying out the new file, inside its temporary name
-        with cache.CacheWriter(sys.argv[1], {"backbone": "b", "dim": 6}):
+        cache_writer.create = die  # killed while laying out the new file, inside its temporary name
+        with cache_writer.CacheWriter(sys.argv[1], {"backbone": "b", "dim": 6}):
             pass
     """), str(path)], cwd=ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
@@ -314,12 +315,12 @@ def test_a_reader_waits_for_the_instant_a_writer_opens_the_cache(tmp_path):
 def test_a_reader_opening_the_repaired_cache_does_not_fail_the_writer(tmp_path, monkeypatch):
     """Regression: a writer that found the cache open in a reader copied it and reopened the copy; a reader
     opening the copy in between made the writer fail with BlockingIOError (HDF5's file lock)."""
-    import embeddings.extraction.cache as cache
+    import embeddings.extraction.cache_writer as cache_writer
 
     path = tmp_path / "v.h5"
     _labelled_cache(path, count=5)
     readers = []
-    original = cache._repair
+    original = cache_writer._repair
 
     def repair_then_a_reader_opens(*args):
         result = original(*args)
@@ -328,7 +329,7 @@ def test_a_reader_opening_the_repaired_cache_does_not_fail_the_writer(tmp_path, 
         readers[-1].stdout.readline()  # the reader has the new file open (or could not open it)
         return result
 
-    monkeypatch.setattr(cache, "_repair", repair_then_a_reader_opens)
+    monkeypatch.setattr(cache_writer, "_repair", repair_then_a_reader_opens)
     first = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(path), "r", "0"], stdout=subprocess.PIPE, text=True)
     try:
         assert first.stdout.readline() == "open\n"  # a reader holds the old file: the writer copies it
