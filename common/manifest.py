@@ -24,7 +24,7 @@ class ManifestError(ValueError):
     """A manifest that is missing, or (with ``strict``) has a bad line; the message names file and line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestEntry:
     """One saved image: ``path`` is relative to the manifest's folder (POSIX separators, no ``..``)."""
 
@@ -111,28 +111,30 @@ def read_manifest(path: str | Path, strict: bool = False) -> Manifest:
         raise FileNotFoundError(f"{path}: manifest does not exist")
     manifest = Manifest(path, [])
     with path.open(encoding="utf-8", errors="replace") as handle:
-        lines = handle.readlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        for number, line in enumerate(handle, start=1):  # streamed: a catalogue's manifest has millions of lines
+            _read_line(manifest, number, line, strict)
+    if manifest.problems:
+        logger.warning("%s: %d bad lines skipped (first: %s)", path, len(manifest.problems), manifest.problems[0])
+    return manifest
+
+
+def _read_line(manifest: Manifest, number: int, line: str, strict: bool) -> None:
+    if line.strip():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
-                logger.warning("%s line %d: torn last line (a killed run?): skipped", path, number)
-                continue
-            _problem(manifest, number, "not JSON", strict)
-            continue
+            if not line.endswith("\n"):  # only the last line can lack its newline
+                logger.warning("%s line %d: torn last line (a killed run?): skipped", manifest.path, number)
+            else:
+                _problem(manifest, number, "not JSON", strict)
+            return
         except RecursionError:  # json's answer to "[[[[...": not a JSONDecodeError
             _problem(manifest, number, "not JSON (nested too deeply)", strict)
-            continue
+            return
         try:
             manifest.entries.append(parse_entry(record))
         except ValueError as error:
             _problem(manifest, number, str(error), strict)
-    if manifest.problems:
-        logger.warning("%s: %d bad lines skipped (first: %s)", path, len(manifest.problems), manifest.problems[0])
-    return manifest
 
 
 def _problem(manifest: Manifest, number: int, why: str, strict: bool) -> None:
