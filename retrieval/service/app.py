@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import ErrorOut, api_router
 from .batching import Batcher
@@ -51,6 +52,28 @@ def shop_route(app: FastAPI, engine: Any) -> None:
         return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
+class HeadAsGet:
+    """ASGI middleware: answer ``HEAD`` as the ``GET`` of the same URL without its body (health checks and link
+    checkers send HEAD; FastAPI's routes would answer 405)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(engine: Any, config: ServiceConfig) -> FastAPI:
     """The service over a loaded ``retrieval.SearchEngine``; the batcher runs while the app's lifespan does."""
     config.validate()
@@ -85,6 +108,7 @@ def create_app(engine: Any, config: ServiceConfig) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["*"], max_age=3600)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestLog)
     app.state.batcher = batcher
     return app

@@ -227,3 +227,12 @@ def test_cors_origin_must_be_a_web_origin(raw_engine, raw_index):
 
     with pytest.raises(ValueError, match="--cors-origin must be \\* or start with http:// or https://, got 'shop'"):
         ServiceConfig(index=raw_index, cors_origins=("shop",)).validate()
+
+
+def test_head_requests_answer_like_get_without_a_body(client):
+    """Health checks and link checkers use HEAD: it must not be a 405 where GET works."""
+    for url in ("/healthz", "/api/categories", "/shop/105.jpg", "/"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == 200, (url, head.status_code)
+        assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"], url
+    assert client.head("/shop/999.jpg").status_code == 404
