@@ -133,7 +133,7 @@ def load_splits(config: FinetuneConfig) -> PixelSplits:
     if config.images is not None:
         return folder_splits(config.images, size, fraction, seed)
     folder = None if str(config.fashion_mnist) == KERAS_DATASET else config.fashion_mnist
-    return fashion_mnist_splits(folder, fraction, seed)
+    return fashion_mnist_splits(folder, size, fraction, seed)
 
 
 def _decoded(items: ItemSet) -> ItemSet:

@@ -19,7 +19,7 @@ from common import read_manifest
 
 from ..extraction.cache import Vectors
 from .fashion_mnist import load_fashion_mnist
-from .pixels import ImageFiles
+from .pixels import ImageFiles, ResizedImages
 from .samplers import ItemSet, from_labels, from_manifest, split_validation
 
 logger = logging.getLogger(__name__)
@@ -73,19 +73,25 @@ def folder_splits(folder: str | Path, size: tuple[int, int], val_fraction: float
     return PixelSplits(train, val, test, {"mode": "labels", "images": str(root)})
 
 
-def _labelled(images: np.ndarray, labels: np.ndarray, prefix: str) -> ItemSet:
+def _labelled(images: np.ndarray, labels: np.ndarray, prefix: str, size: tuple[int, int]) -> ItemSet:
+    """Grey images as RGB (a grey tower's luma gives the grey back), resized when read if the tower takes
+    another size than theirs."""
     everything = np.ones(len(labels), dtype=bool)
-    rgb = np.repeat(images[..., None], 3, axis=-1)  # grey as RGB: a grey tower's luma gives the grey back
-    return ItemSet(rgb, labels.astype(np.int64),
+    if tuple(size) == images.shape[1:3]:
+        pixels: Any = np.repeat(images[..., None], 3, axis=-1)
+    else:
+        pixels = ResizedImages(images, size)
+    return ItemSet(pixels, labels.astype(np.int64),
                    np.full(len(labels), "", dtype=object), everything, everything.copy(),
                    np.array([f"{prefix}/{i}" for i in range(len(labels))], dtype=object))
 
 
-def fashion_mnist_splits(folder: str | Path | None, val_fraction: float, seed: int) -> PixelSplits:
-    """Fashion-MNIST's training set (validation held out of it) and its ``t10k`` test set."""
+def fashion_mnist_splits(folder: str | Path | None, size: tuple[int, int], val_fraction: float,
+                         seed: int) -> PixelSplits:
+    """Fashion-MNIST's training set (validation held out of it) and its ``t10k`` test set, at ``size``."""
     data = load_fashion_mnist(folder)
-    train, val = split_validation(_labelled(data.train_images, data.train_labels, "train"), val_fraction, seed)
-    return PixelSplits(train, val, _labelled(data.test_images, data.test_labels, "t10k"),
+    train, val = split_validation(_labelled(data.train_images, data.train_labels, "train", size), val_fraction, seed)
+    return PixelSplits(train, val, _labelled(data.test_images, data.test_labels, "t10k", size),
                        {"mode": "labels", "fashion_mnist": str(folder) if folder else "keras.datasets"})
 
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..extraction.preprocess import load_pixels
+from PIL import Image
+
+from ..extraction.preprocess import load_pixels, to_pixels
 
 
 class ImageFiles:
@@ -50,8 +52,33 @@ class ImageFiles:
         return batch if dtype is None else batch.astype(dtype)
 
 
+class ResizedImages:
+    """Images in memory (N x h x w grey, or N x h x w x 3) seen as RGB at ``size``, resized as an image file is
+    for ``embeddings.build`` (PIL, bilinear) only when read: indexing gives another ``ResizedImages``."""
+
+    def __init__(self, images: np.ndarray, size: tuple[int, int]) -> None:
+        self.images = images
+        self.size = tuple(size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.images), *self.size, 3)
+
+    def __getitem__(self, index: Any) -> "ResizedImages | np.ndarray":
+        if isinstance(index, (int, np.integer)):
+            return to_pixels(Image.fromarray(self.images[index]).convert("RGB"), self.size)
+        return ResizedImages(self.images[index], self.size)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        batch = np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
+        return batch if dtype is None else batch.astype(dtype)
+
+
 def chunks(pixels: Any, size: int):
-    """``pixels`` (an array or ``ImageFiles``) as decoded arrays of up to ``size`` images."""
+    """``pixels`` (an array, ``ImageFiles`` or ``ResizedImages``) as decoded arrays of up to ``size`` images."""
     for start in range(0, len(pixels), size):
         yield np.asarray(pixels[start:start + size])
 

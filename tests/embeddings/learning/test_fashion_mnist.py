@@ -90,3 +90,25 @@ def test_command_reports_a_truncated_file_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in error
     assert error.startswith(f"error: {images}: truncated: shape 6x5x5 needs 166 bytes, the file has 156")
+
+
+def test_splits_at_a_tower_input_size_are_resized_as_a_query_image_is(tmp_path):
+    # A backbone's tower takes 32 x 40 (or 224 x 224), not Fashion-MNIST's 28 x 28: the images are resized the
+    # way embeddings.build and queries resize an image file (PIL RGB, bilinear), lazily, batch by batch.
+    from PIL import Image
+
+    from embeddings.extraction.preprocess import load_pixels
+    from embeddings.learning.pixel_data import fashion_mnist_splits
+
+    from .generated import stripe_classes, write_idx_set
+
+    folder = write_idx_set(tmp_path / "idx", stripe_classes(4, classes=3), stripe_classes(2, classes=3, seed=1))
+    splits = fashion_mnist_splits(folder, (32, 40), 0.25, 0)
+    first = np.asarray(splits.test.vectors[:3])
+    assert first.shape == (3, 32, 40, 3) and first.dtype == np.uint8
+    Image.fromarray(read_idx(folder / f"{FILES['test_images']}.gz")[0]).save(tmp_path / "first.png")
+    np.testing.assert_array_equal(first[0], load_pixels(tmp_path / "first.png", (32, 40)))
+    assert np.asarray(splits.train.vectors).shape == (len(splits.train), 32, 40, 3)
+    native = fashion_mnist_splits(folder, (28, 28), 0.25, 0).test.vectors
+    np.testing.assert_array_equal(np.asarray(native)[0], np.repeat(read_idx(
+        folder / f"{FILES['test_images']}.gz")[0][..., None], 3, axis=-1))

@@ -110,3 +110,11 @@ def test_a_file_where_the_checkpoint_goes_is_named(tmp_path, capsys, stripes):
             "--epochs", "1", "--steps-per-epoch", "1", "--eval-limit", "60"]
     assert main(argv) == 2
     assert f"{tmp_path / 'run.partial'}: exists and is not a folder" in capsys.readouterr().err
+
+
+def test_fashion_mnist_trains_a_tower_of_another_input_size(tmp_path, stripes):
+    argv = ["--fashion-mnist", str(stripes), "--backbone", "small-cnn", "--input-size", "32", "--out",
+            str(tmp_path / "run"), "--quiet", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8",
+            "--hidden", "8", "--dim", "4", "--eval-limit", "60"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["tower"]["input_size"] == [32, 32]
