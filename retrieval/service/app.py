@@ -102,7 +102,7 @@ def create_app(engine: Any, config: ServiceConfig) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.add_middleware(UploadLimit, limit=config.max_upload_bytes)
+    app.add_middleware(UploadLimit, limit=config.max_upload_bytes, idle_timeout=config.body_timeout_s)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -17,6 +17,7 @@ class ServiceConfig:
         max_batch: the most photos embedded in one network call.
         batch_wait_ms: how long a batch waits for requests already arriving before it runs.
         head, weights: the head folder and backbone weights file, when they moved since the index was built.
+        body_timeout_s: the longest wait for the next part of a request body; a stalled upload is refused (408).
         max_pixels: the largest decoded photo (width x height); larger ones are refused as decompression bombs.
         cors_origins: web origins (``https://shop.example``) whose pages may call the API from the browser.
     """
@@ -29,6 +30,7 @@ class ServiceConfig:
     batch_wait_ms: float = 5.0
     head: Path | None = None
     weights: str | None = None
+    body_timeout_s: float = 30.0
     max_pixels: int = 40_000_000
     cors_origins: tuple[str, ...] = ()
 
@@ -42,6 +44,8 @@ class ServiceConfig:
             raise ValueError(f"--max-batch must be in 1..1024, got {self.max_batch}")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise ValueError(f"--batch-wait-ms must be in 0..10000, got {self.batch_wait_ms}")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise ValueError(f"--body-timeout-s must be in (0, 3600], got {self.body_timeout_s}")
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"--cors-origin must be * or start with http:// or https://, got {origin!r}")

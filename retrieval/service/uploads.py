@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import warnings
 
@@ -22,13 +23,22 @@ class UploadTooLarge(HTTPException):
                          headers={"Connection": "close"})
 
 
+class BodyStalled(HTTPException):
+    """A request body that stopped arriving (408): a slow or stuck client must not hold a request for ever."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(408, f"request body stalled: no body data for {timeout:g} s", headers={"Connection": "close"})
+
+
 class UploadLimit:
     """ASGI middleware: refuse a body over ``limit`` bytes with 413 before reading it when Content-Length says so,
-    and otherwise as soon as the bytes received pass the limit (chunked uploads), never after reading it whole."""
+    and otherwise as soon as the bytes received pass the limit (chunked uploads), never after reading it whole;
+    refuse with 408 a body whose next part takes over ``idle_timeout`` seconds to arrive."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, idle_timeout: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,11 +48,17 @@ class UploadLimit:
         if length is not None and length > self.limit:
             await _send_error(scope, send, UploadTooLarge(self.limit, f"Content-Length is {length} bytes"))
             return
-        received, started = 0, False
+        received, started, body_done = 0, False, False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # the app waits for a disconnect: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise BodyStalled(self.idle_timeout) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
@@ -56,7 +72,7 @@ class UploadLimit:
 
         try:
             await self.app(scope, limited_receive, tracked_send)
-        except UploadTooLarge as error:  # raised outside the app's exception handlers
+        except (UploadTooLarge, BodyStalled) as error:  # raised outside the app's exception handlers
             if started:
                 raise
             await _send_error(scope, send, error)

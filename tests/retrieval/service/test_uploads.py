@@ -23,7 +23,7 @@ def multipart_start() -> bytes:
 
 
 async def post_in_chunks(app, chunks: int, content_length: int | None = None,
-                         finish: bool = False) -> tuple[int, bytes, int]:
+                         finish: bool = False, timeout: float = 60) -> tuple[int, bytes, int]:
     """POST a multipart body of ``chunks`` x 64 KiB, one chunk per ASGI message, as a chunked upload does; then
     hang as a client still sending, or with ``finish`` close the form. Returns the status, the response body
     and how many chunks the app pulled."""
@@ -48,7 +48,7 @@ async def post_in_chunks(app, chunks: int, content_length: int | None = None,
     async def send(message):
         sent.append(message)
 
-    await asyncio.wait_for(app(scope, receive, send), timeout=60)
+    await asyncio.wait_for(app(scope, receive, send), timeout=timeout)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), pulled
 
@@ -77,6 +77,17 @@ def test_a_body_that_lies_about_its_length_is_still_counted():
 
     status, body, pulled = asyncio.run(post_in_chunks(UploadLimit(app, CHUNK * 4), chunks=100, content_length=10))
     assert status == 413 and pulled == 5
+
+
+def test_a_body_that_stops_arriving_is_refused_with_408():
+    """A client that sends part of a body and then nothing (slowloris) does not hold the request for ever."""
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+
+    limited = UploadLimit(app, CHUNK * 100, idle_timeout=0.2)
+    status, body, pulled = asyncio.run(post_in_chunks(limited, chunks=2, timeout=5))
+    assert status == 408 and pulled == 2 and b"no body data for 0.2 s" in body
 
 
 def test_under_the_limit_passes_through(app):
