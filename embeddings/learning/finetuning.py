@@ -80,6 +80,10 @@ class FinetuneConfig:
                              f"{self.epochs}, {self.patience}, {self.batch_size}, {self.eval_limit}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.margin is not None and not self.margin > 0:
+            raise ValueError(f"margin must be positive, got {self.margin}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out}: exists and is not a folder; give a folder for the tower")

@@ -87,6 +87,8 @@ def test_products_from_a_manifest_hold_out_products(tmp_path):
     (["--fashion-mnist", "nowhere"], "nowhere: Fashion-MNIST folder does not exist"),
     (["--images", ".", "--trainable", "2"], "trainable fraction must be in [0, 1], got 2.0"),
     (["--images", ".", "--backbone", "small-cnn", "--weights", "imagenet"], "small-cnn is trained from scratch"),
+    (["--images", ".", "--margin", "-1"], "margin must be positive, got -1.0"),
+    (["--images", ".", "--steps-per-epoch", "0"], "steps per epoch must be at least 1, got 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
