@@ -64,14 +64,28 @@ class AnnConfig:
             raise ValueError(f"--max-memory must be positive, got {self.max_memory}")
         if self.exact_below < 0 or self.train_rows < 1 or self.tune_queries < 1:
             raise ValueError(f"exact_below, train_rows and tune_queries must be positive, got {self}")
-        if self.method not in ("exact", "auto"):
-            import faiss
 
-            try:
-                faiss.index_factory(8 if "PQ" not in self.method else 64, self.method)
-            except RuntimeError as error:
-                raise ValueError(f"--ann {self.method!r}: not a FAISS factory string "
-                                 f"({str(error).strip().splitlines()[-1][:120]})") from None
+    def check_factory(self, dim: int) -> None:
+        """Raise ValueError unless FAISS can make ``method`` (a factory string) for ``dim``-d vectors."""
+        if self.method in ("exact", "auto"):
+            return
+        import faiss
+
+        pq = re.search(r"(?:^|,)(?:IVF\d+,)?PQ(\d+)", self.method)
+        if pq and not re.search(r"OPQ|PCA", self.method) and dim % int(pq.group(1)):
+            raise ValueError(f"--ann {self.method!r}: product quantisation PQ{pq.group(1)} needs the vectors' "
+                             f"dimension ({dim}) to be a multiple of {pq.group(1)}")
+        try:
+            faiss.index_factory(dim, self.method)
+        except RuntimeError as error:
+            raise ValueError(f"--ann {self.method!r}: not a FAISS factory string for {dim}-d vectors "
+                             f"({faiss_reason(error)})") from None
+
+
+def faiss_reason(error: RuntimeError) -> str:
+    """The human part of a FAISS C++ error (``Error in <signature> at file:line: Error: 'cond' failed: why``)."""
+    text = str(error).strip().splitlines()[-1]
+    return text.rsplit("failed: ", 1)[-1].rsplit("Error: ", 1)[-1][:160]
 
 
 def choose(rows: int, dim: int, budget: int, config: AnnConfig) -> str | None:
@@ -211,8 +225,12 @@ def build_part(vectors: np.ndarray, factory: str, config: AnnConfig) -> tuple[An
     """Train, fill and tune one FAISS index over ``vectors`` (already L2-comparable); returns it and its record."""
     began = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    held = np.sort(rng.choice(len(vectors), size=min(len(vectors), config.tune_queries), replace=False))
-    index = train(vectors, factory, config, held)
+    # at most half the rows held out, so that a small category still has rows to train on
+    held = np.sort(rng.choice(len(vectors), size=min(max(1, len(vectors) // 2), config.tune_queries), replace=False))
+    try:
+        index = train(vectors, factory, config, held)
+    except RuntimeError as error:
+        raise ValueError(f"--ann {factory!r} cannot be trained on {len(vectors)} rows: {faiss_reason(error)}") from None
     built = time.perf_counter() - began
     tuned = tune(index, vectors, held, config.target_recall)
     return index, {"factory": factory, "rows": int(len(vectors)), "trained_rows": int(len(vectors)), "added_rows": 0,

@@ -155,7 +155,10 @@ def build_ann(handle: h5py.File, meta: IndexData, config: AnnConfig, added: np.n
         if factory is None:
             continue
         logger.info("category %s: %d rows, building %s", category, stop - start, factory)
-        parts[category], ann_ids[start:stop] = make_part(handle["embeddings"][start:stop], metric, factory, config)
+        try:
+            parts[category], ann_ids[start:stop] = make_part(handle["embeddings"][start:stop], metric, factory, config)
+        except ValueError as error:
+            raise ValueError(f"category {category} ({stop - start} rows): {error}") from None
     meta.ann, meta.ann_ids = parts, ann_ids if parts else None
     meta.attrs["ann"] = {c: {k: v for k, v in p.info.items()} for c, p in parts.items()} or None
 
@@ -185,6 +188,7 @@ def build_index(vectors: str | Path, manifest: str | Path, out: str | Path, head
         old = load_index(out, mmap=True) if add and out.exists() else None
         attrs = index_attrs(vectors, manifest, loaded_head, old.attrs.get("dtype", "float32") if old else dtype)
         dim = loaded_head.dim if loaded_head is not None else int(attrs["backbone"]["dim"])
+        ann.check_factory(dim)
         plan = shop_plan(vectors, manifest, categories, set(old.id_list()) if old else set(), strict, dim)
         added = len(plan.meta)
         if old is not None:
