@@ -41,6 +41,21 @@ def read_run(folder: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or not isinstance(history, dict) or "training" not in config:
         raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune "
                            f"(no training settings)")
+    try:
+        row = _values(config, history)
+    except (AttributeError, TypeError, ValueError, KeyError) as error:
+        raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune "
+                           f"(unexpected content: {error})") from None
+    bad = [column for column in NUMERIC if row[column] is not None
+           and (isinstance(row[column], bool) or not isinstance(row[column], (int, float)))]
+    if bad:
+        raise NotARunError(f"{folder}: not a run folder of embeddings.train or embeddings.finetune "
+                           f"({', '.join(sorted(bad))} not a number)")
+    return dict(row, run=str(folder))
+
+
+def _values(config: dict[str, Any], history: dict[str, Any]) -> dict[str, Any]:
+    """The row's values from a run's ``config.json`` and ``history.json`` (TypeError etc. on other shapes)."""
     training = config["training"]
     if "tower" in config:  # embeddings.finetune
         tower = config["tower"]
@@ -49,16 +64,16 @@ def read_run(folder: str | Path) -> dict[str, Any]:
     else:  # embeddings.train: a head over frozen vectors
         backbone, trainable, augment = (config.get("vectors") or {}).get("backbone"), 0.0, False
         head = config.get("head", {})
-    epochs = len(history.get("loss", []))
-    top10 = history.get("val_top10", [])
-    best = max(range(len(top10)), key=lambda i: (top10[i], -i)) if top10 else None
+    epochs = len(list(history.get("loss", [])))
+    top10 = list(history.get("val_top10", []))
+    best = max(range(len(top10)), key=lambda i: (float(top10[i]), -i)) if top10 else None
 
     def pick(key: str) -> float | None:
-        values = history.get(key, [])
+        values = list(history.get(key, []))
         return values[best] if best is not None and len(values) > best else None
 
-    pair = history.get("val_pair_accuracy", [])
-    return {"run": str(folder), "backbone": backbone, "trainable": trainable,
+    pair = [float(v) for v in history.get("val_pair_accuracy", [])]
+    return {"backbone": backbone, "trainable": trainable,
             "augment": "yes" if augment else "no", "dropout": head.get("dropout"), "loss": _loss(training),
             "margin": training.get("margin"), "dim": head.get("dim"), "epochs": epochs,
             "best_val_pair_accuracy": max(pair) if pair else None, "top1": pick("val_top1"), "top10": pick("val_top10")}

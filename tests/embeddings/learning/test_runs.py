@@ -76,3 +76,18 @@ def test_a_folder_that_is_not_a_run(tmp_path, runs, capsys):
     assert "\n" not in error and error.startswith(f"error: {tmp_path}: not a run folder") and "unreadable JSON" in error
     assert main([str(tmp_path / "nothing")]) == 2
     assert "missing config.json or history.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, history", [
+    ({"training": 3}, {}),
+    ({"training": {}, "tower": 5}, {}),
+    ({"training": {}, "head": [1]}, {}),
+    ({"training": {}}, {"loss": 3}),
+    ({"training": {}}, {"loss": [0.5], "val_top10": ["a", None]}),
+])
+def test_json_of_another_shape_is_not_a_run(tmp_path, capsys, config, history):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    assert main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith(f"error: {tmp_path}: not a run folder")
