@@ -62,6 +62,8 @@ class PhotoPicker {
     this.canvas.addEventListener("pointermove", (event) => this.move(event));
     this.canvas.addEventListener("pointerup", (event) => this.end(event));
     this.canvas.addEventListener("pointercancel", () => { this.drag = null; this.render(); });
+    this.canvas.tabIndex = 0;
+    this.canvas.addEventListener("keydown", (event) => this.key(event));
     window.addEventListener("resize", () => this.layout());
   }
 
@@ -138,6 +140,34 @@ class PhotoPicker {
     this.changed();
   }
 
+  // Keyboard: arrows move the box (one is drawn in the middle first), Shift+arrows resize it, Escape clears it.
+  key(event) {
+    if (!this.image || this.drag) return;
+    const { width, height } = this.image;
+    if (event.key === "Escape" || event.key === "Delete") {
+      if (!this.box) return;
+      this.box = null;
+    } else if (event.key.startsWith("Arrow") || event.key === "Enter") {
+      const step = Math.max(1, Math.round(Math.min(width, height) / 20));
+      const dx = { ArrowLeft: -step, ArrowRight: step }[event.key] || 0;
+      const dy = { ArrowUp: -step, ArrowDown: step }[event.key] || 0;
+      let [x, y, w, h] = this.box || [width / 4, height / 4, width / 2, height / 2];  // the first key draws it
+      if (this.box && event.shiftKey) {
+        w = Math.max(step, Math.min(width - x, w + dx));
+        h = Math.max(step, Math.min(height - y, h + dy));
+      } else if (this.box) {
+        x = Math.max(0, Math.min(width - w, x + dx));
+        y = Math.max(0, Math.min(height - h, y + dy));
+      }
+      this.box = [x, y, w, h];
+    } else {
+      return;
+    }
+    event.preventDefault();
+    this.render();
+    this.changed();
+  }
+
   dragBox() {
     const [x0, y0] = this.drag.from, [x1, y1] = this.drag.to;
     return [Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0)];
@@ -168,7 +198,7 @@ class PhotoPicker {
     this.clear.hidden = !shown;
     this.text.textContent = shown
       ? `Box ${this.box.map(Math.round).slice(0, 2).join(", ")} · ${Math.round(this.box[2])} × ${Math.round(this.box[3])} px`
-      : `Whole photo (${this.image.width} × ${this.image.height}) · drag on it to draw a box`;
+      : `Whole photo (${this.image.width} × ${this.image.height}) · drag on it to draw a box, or use the arrow keys`;
   }
 
   // The photo as the browser shows it (upright, at most MAX_SIDE pixels, JPEG) and the box in its pixels.

@@ -156,6 +156,26 @@ def test_page_says_when_a_file_is_not_an_image(page, tmp_path):
     assert not page.find_element("id", "search-go").is_enabled()
 
 
+def test_a_box_can_be_drawn_moved_resized_and_cleared_with_the_keyboard(page, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    street = tmp_path / "street.png"
+    make_image(200, 100, seed=5).save(street)
+    page.find_element("id", "search-file").send_keys(str(street))
+    canvas = page.find_element("css selector", "#search-picker canvas")
+    WebDriverWait(page, WAIT).until(lambda d: canvas.is_displayed())
+    box_text = page.find_element("css selector", "#search-picker .box-text")
+    canvas.send_keys(Keys.ARROW_RIGHT)  # the first key draws a box on the middle half
+    assert box_text.text == "Box 50, 25 · 100 × 50 px"
+    canvas.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_DOWN)  # a step is 1/20 of the shorter side: 5 px
+    assert box_text.text == "Box 55, 30 · 100 × 50 px"
+    canvas.send_keys(Keys.SHIFT, Keys.ARROW_LEFT, Keys.ARROW_UP, Keys.SHIFT)
+    assert box_text.text == "Box 55, 30 · 95 × 45 px"
+    canvas.send_keys(Keys.ESCAPE)
+    assert box_text.text.startswith("Whole photo (200 × 100)")
+
+
 def test_without_chromium_the_browser_test_skips_unless_required(monkeypatch):
     import tests.retrieval.service.test_page as module
 
