@@ -23,10 +23,18 @@ async def http_error(request: Request, error: HTTPException) -> JSONResponse:
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
     """422 with one readable line (``k: Input should be less than or equal to 100``) and the details."""
-    details = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+    details = [{"loc": list(e.get("loc", ())), "msg": _message(e), "type": str(e.get("type", ""))}
                for e in error.errors()]
     message = "; ".join(f"{_field(d['loc'])}: {d['msg']}" for d in details) or "invalid request"
     return JSONResponse({"error": message, "detail": details}, status_code=422)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's message, but a text field sent where a file belongs is said in plain words."""
+    message = str(error.get("msg", ""))
+    if "Expected UploadFile" in message:
+        return "expected a file upload (a multipart file field), got a text field"
+    return message
 
 
 def _field(loc: list[Any]) -> str:

@@ -156,6 +156,13 @@ def test_missing_photo_is_422(client):
     assert response.status_code == 422 and response.json()["error"].startswith("b: ")
 
 
+def test_a_text_field_where_a_photo_belongs_says_so(client):
+    """A form that sends ``image=...`` as text (a common client mistake) is told to send a file, in plain words."""
+    response = client.post("/api/search", data={"image": "street.jpg"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "image: expected a file upload (a multipart file field), got a text field"
+
+
 def test_upload_over_the_limit_is_413_from_its_content_length(client):
     big = b"\xff" * (600 * 1024)  # the client fixture allows 0.5 MB
     response = client.post("/api/search", files=upload(big))
