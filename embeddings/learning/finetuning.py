@@ -203,6 +203,9 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     out = Path(config.out)
     with WriterLock(out, wait=config.wait):
         splits = load_splits(config)
+        _check_pairs(splits.val, "validation", config, required=True)
+        if splits.test is not None and not _check_pairs(splits.test, "test", config, required=False):
+            splits.test = None
         val = _decoded(limit_items(splits.val, config.eval_limit, config.seed))
         val_pairs = _validation_pairs(val, np.random.default_rng(config.seed))
         raw, _ = evaluate_embeddings(raw_pixels(val.vectors), val, val_pairs)
@@ -226,6 +229,21 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         _write_run(out, tower, report, state.history, raw)
         shutil.rmtree(partial_folder(out), ignore_errors=True)
     return FinetuneResult(out, raw, figures, test, state.best_epoch, state.epochs_done)
+
+
+def _check_pairs(items: ItemSet, name: str, config: FinetuneConfig, required: bool) -> bool:
+    """Whether ``items`` hold a matching pair (two images of a class) and a non-matching one, to measure
+    retrieval and pair accuracy on; a validation split without them is an error, a test split is skipped."""
+    labels, counts = np.unique(items.labels, return_counts=True)
+    if len(labels) >= 2 and counts.max() >= 2:
+        return True
+    source = config.manifest or config.images or config.fashion_mnist
+    why = (f"{source}: the {name} split has {len(items)} images of {len(labels)} classes, no two of one class "
+           f"and another")
+    if required:
+        raise ValueError(f"{why}: nothing to measure; add images or raise --val-fraction")
+    logger.warning("%s: no test figures", why)
+    return False
 
 
 def _images_per_step(config: FinetuneConfig) -> int:

@@ -120,3 +120,28 @@ def test_fashion_mnist_trains_a_tower_of_another_input_size(tmp_path, stripes):
             "--hidden", "8", "--dim", "4", "--eval-limit", "60"]
     assert main(argv) == 0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["tower"]["input_size"] == [32, 32]
+
+
+def class_folder(root, classes=3, per_class=6):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        (root / f"class{label}").mkdir(parents=True)
+        for index in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(root / f"class{label}/{index}.png")
+    return root
+
+
+def test_a_split_without_two_images_of_a_class_is_named_before_training(tmp_path, capsys):
+    # 6 images a class: 1 held out for the test, 1 of the other 5 for validation: no matching pair to measure.
+    images = class_folder(tmp_path / "images")
+    argv = ["--images", str(images), "--backbone", "small-cnn", "--out", str(tmp_path / "run"), "--quiet",
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "8", "--hidden", "8", "--dim", "4"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and f"{images}: the validation split has 3 images of 3 classes" in error
+    assert main(argv + ["--val-fraction", "0.4"]) == 0  # 2 a class for validation; the test's 1 a class is skipped
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["test"] is None and written["data"]["test_items"] == 0
+    assert "test, tower" not in capsys.readouterr().out
