@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Siamese tower end to end on images: a pre-trained backbone with the top share of its "
                     "layers unfrozen (BatchNorm frozen) and a head on top, or small-cnn from scratch. Writes "
                     "OUT/model.keras, config.json, history.json, training.png as one folder at the end; after every "
-                    "epoch a "                    "checkpoint is kept in OUT.partial/: run the same command again to resume a stopped run. "
+                    "epoch a checkpoint is kept in OUT.partial/: run the same command again to resume a stopped run. "
                     "Use the tower with python -m embeddings.build --model OUT.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", type=Path, help="the downloader's manifest.jsonl: a product is a class")
