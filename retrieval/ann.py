@@ -68,6 +68,16 @@ def extend_part(part: AnnPart, vectors: np.ndarray, metric: str, category: str) 
     return AnnPart(serialize(index), part.removed, info), np.arange(first, index.ntotal, dtype=np.int64)
 
 
+def check_removed(part: AnnPart, category: str) -> None:
+    """Warn when so many of a part's rows are removed (still in its graph or lists, skipped) that the recall
+    measured at build time no longer holds."""
+    removed, rows = len(part.removed), int(part.info.get("rows", 0))
+    if rows and removed > STALE_SHARE * rows:
+        logger.warning("category %s: %d of the %d rows of its %s index are removed (skipped at every search): "
+                       "recall and speed fall below those measured; rebuild the index from a manifest without "
+                       "those products", category, removed, rows, part.info.get("factory"))
+
+
 class AnnRanker:
     """``search(queries, k, start, stop)`` like ``Ranker``, over FAISS parts where the index has them.
 

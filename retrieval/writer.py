@@ -229,6 +229,8 @@ def remove_products(out: str | Path, products: Iterable[int], wait: bool = False
     Raises:
         FileNotFoundError, IndexFileError, LockHeld, ValueError (nothing would be left).
     """
+    from .ann import check_removed
+
     out = Path(out)
     wanted = np.unique(np.fromiter((int(p) for p in products), dtype=np.int64))
     with WriterLock(out, wait=wait):
@@ -247,6 +249,8 @@ def remove_products(out: str | Path, products: Iterable[int], wait: bool = False
             removed = np.union1d(part.removed, old.ann_ids[in_category])
             if (meta.categories == category.encode()).any():
                 meta.ann[category] = type(part)(part.blob, removed, dict(part.info, removed_rows=int(len(removed))))
+                if len(removed) > len(part.removed):
+                    check_removed(meta.ann[category], category)
             else:
                 del meta.ann[category]
         meta.attrs["ann"] = {c: dict(p.info) for c, p in meta.ann.items()} or None

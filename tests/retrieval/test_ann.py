@@ -243,3 +243,17 @@ def test_factory_checked_against_the_real_dimension_and_small_categories(tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "j.h5").exists()
+
+
+def test_heavy_removal_advises_a_rebuild(catalogue, tmp_path, caplog):
+    """Removed rows stay in the FAISS graph or lists (skipped): past a share, the recall measured at build
+    time no longer holds, so the removal says so for that category only."""
+    cache, manifest, _ = catalogue
+    index, _ = build_index(cache, manifest, tmp_path / "index.h5", ann=config("HNSW16"))
+    bags = np.unique(index.products[index.categories == b"bags"])
+    with caplog.at_level(logging.WARNING, logger="retrieval"):
+        remove_products(tmp_path / "index.h5", bags[:5])
+        assert "rebuild" not in caplog.text
+        remove_products(tmp_path / "index.h5", bags[: len(bags) // 2])
+    warned = [r.getMessage() for r in caplog.records if "rebuild" in r.getMessage()]
+    assert len(warned) == 1 and "category bags" in warned[0], warned
