@@ -11,6 +11,7 @@ neither lost nor duplicated, and the cache writer skips ids it already has. Imag
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,6 +27,22 @@ from .precision import choose_precision
 logger = logging.getLogger(__name__)
 
 DECODE_CHUNK = 16  # images per decoding task
+CONNECT_TIMEOUT = 10.0  # seconds to reach a cluster's HOST:PORT before giving up
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail fast on a ``HOST:PORT`` where no cluster listens (Ray itself retries for minutes).
+
+    Raises:
+        ConnectionError: naming the address.
+    """
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not host or not port.isdigit():
+        return  # 'auto', ray:// clients and other forms are Ray's to check
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(f"no Ray cluster at --ray-address {address}: {error}") from None
 
 
 def decode_rows(batch: dict[str, np.ndarray], size: tuple[int, int], decode: str) -> dict[str, np.ndarray]:
@@ -79,6 +96,7 @@ class RayEngine:
         self._started = False
         if not ray.is_initialized():
             if config.ray_address:
+                check_address(config.ray_address)
                 ray.init(address=config.ray_address, logging_level=logging.WARNING)
             else:
                 ray.init(num_cpus=config.cpus, include_dashboard=False, logging_level=logging.WARNING,

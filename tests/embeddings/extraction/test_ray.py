@@ -29,6 +29,25 @@ def photos(folder: Path, count: int) -> Path:
     return folder
 
 
+def test_a_ray_address_where_nothing_listens_is_a_quick_one_line_error(tmp_path, capsys):
+    import socket
+    import time
+
+    from embeddings.build import main
+
+    photos(tmp_path / "images", 1)
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    code = main(["--images", str(tmp_path / "images"), "--out", str(tmp_path / "v.h5"), "--backbone", "mobilenet_v2",
+                 "--weights", "none", "--quiet", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert code == 2 and time.monotonic() - start < 60
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no Ray cluster at --ray-address 127.0.0.1:{port}") and "\n" not in err
+    assert not ray.is_initialized() and not (tmp_path / "v.h5").exists()
+
+
 def config(tmp_path: Path, out: str, **options) -> BuildConfig:
     return BuildConfig(out=tmp_path / out, images=tmp_path / "images", backbone=TINY, weights=None, batch_size=3,
                        **options)
