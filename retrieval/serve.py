@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--body-timeout-s", type=float, default=30.0,
                         help="refuse (408) an upload whose next part takes longer than this to arrive, so that "
                              "stalled clients do not hold requests (default: 30)")
+    parser.add_argument("--max-decoding", type=int, default=4,
+                        help="most uploaded photos decoded at once; bounds memory, as a small compressed photo can "
+                             "decode to 100+ MB of pixels (default: 4)")
     parser.add_argument("--head", type=Path, help="the head folder, if it moved since the index was built")
     parser.add_argument("--weights", help="the backbone weights file, if the index was built from one")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = ServiceConfig(index=args.index, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
                                max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, head=args.head,
-                               body_timeout_s=args.body_timeout_s,
+                               body_timeout_s=args.body_timeout_s, max_decoding=args.max_decoding,
                                weights=args.weights, cors_origins=tuple(args.cors_origin)).validate()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

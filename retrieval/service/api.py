@@ -90,15 +90,17 @@ def box_of(text: str | None, field: str) -> BBox | None:
         raise HTTPException(400, str(error)) from None
 
 
-async def network_input(engine: Any, batcher: Batcher, config: ServiceConfig, data: bytes, box: BBox | None,
-                        field: str) -> np.ndarray:
-    """An uploaded photo decoded, cut and preprocessed in a thread; 400 when it is not usable."""
+async def network_input(engine: Any, batcher: Batcher, config: ServiceConfig, decoding: asyncio.Semaphore,
+                        data: bytes, box: BBox | None, field: str) -> np.ndarray:
+    """An uploaded photo decoded, cut and preprocessed in a thread (at most ``config.max_decoding`` at once, which
+    bounds the memory of decoded pixels); 400 when it is not usable."""
     def work() -> np.ndarray:
         return engine.extractor.prepare(decode_photo(data, box, config.max_pixels))
 
     try:
         with batcher.arriving():
-            return await run_in_threadpool(work)
+            async with decoding:
+                return await run_in_threadpool(work)
     except ImageError as error:
         raise HTTPException(400, f"{field}: {error}") from None
 
@@ -107,6 +109,7 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
     """The routes under ``/api`` and ``/healthz`` for one engine and its batcher."""
     router = APIRouter()
     categories = CategoriesOut(categories=categories_of(engine))
+    decoding = asyncio.Semaphore(config.max_decoding)
 
     @router.get("/healthz", summary="Is the service up, and what it serves")
     def healthz() -> dict[str, Any]:
@@ -130,7 +133,7 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
             raise HTTPException(400, f"category: no shop photo of category {category[:80]!r} in the index "
                                      f"(it has: {', '.join(sorted(engine.slices))})")
         box = box_of(bbox, "bbox")
-        prepared = await network_input(engine, batcher, config, await image.read(), box, "image")
+        prepared = await network_input(engine, batcher, config, decoding, await image.read(), box, "image")
         matches = await asyncio.wrap_future(batcher.search(prepared, category, k))
         return SearchOut(matches=[MatchOut(rank=m.rank, product=m.product, photo=m.photo, category=m.category,
                                            distance=m.distance, score=m.score, image_url=f"/shop/{m.photo}.jpg")
@@ -146,8 +149,9 @@ def api_router(engine: Any, batcher: Batcher, config: ServiceConfig) -> APIRoute
                       bbox_b: str | None = Form(None, description=BBOX_HELP)) -> CompareOut:
         started = time.perf_counter()
         box_a, box_b = box_of(bbox_a, "bbox_a"), box_of(bbox_b, "bbox_b")
-        left, right = await asyncio.gather(network_input(engine, batcher, config, await a.read(), box_a, "a"),
-                                           network_input(engine, batcher, config, await b.read(), box_b, "b"))
+        left, right = await asyncio.gather(
+            network_input(engine, batcher, config, decoding, await a.read(), box_a, "a"),
+            network_input(engine, batcher, config, decoding, await b.read(), box_b, "b"))
         result = await asyncio.wrap_future(batcher.compare(left, right))
         return CompareOut(distance=result.distance, score=result.score, same=result.same,
                           threshold=result.threshold, took_ms=round(1000 * (time.perf_counter() - started), 2))

@@ -18,6 +18,7 @@ class ServiceConfig:
         batch_wait_ms: how long a batch waits for requests already arriving before it runs.
         head, weights: the head folder and backbone weights file, when they moved since the index was built.
         body_timeout_s: the longest wait for the next part of a request body; a stalled upload is refused (408).
+        max_decoding: the most uploads decoded at once (a small compressed photo can decode to 100+ MB of pixels).
         max_pixels: the largest decoded photo (width x height); larger ones are refused as decompression bombs.
         cors_origins: web origins (``https://shop.example``) whose pages may call the API from the browser.
     """
@@ -31,6 +32,7 @@ class ServiceConfig:
     head: Path | None = None
     weights: str | None = None
     body_timeout_s: float = 30.0
+    max_decoding: int = 4
     max_pixels: int = 40_000_000
     cors_origins: tuple[str, ...] = ()
 
@@ -49,6 +51,8 @@ class ServiceConfig:
         for origin in self.cors_origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError(f"--cors-origin must be * or start with http:// or https://, got {origin!r}")
+        if not 1 <= self.max_decoding <= 256:
+            raise ValueError(f"--max-decoding must be in 1..256, got {self.max_decoding}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         return self

@@ -151,6 +151,36 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(raw_index,
     assert health["batches"] <= 4 and max(slow.calls) > 1, slow.calls  # not one network call per request
 
 
+def test_photos_are_decoded_at_most_max_decoding_at_a_time(raw_engine, raw_index, monkeypatch):
+    """A 100 KB PNG can decode to 100+ MB of pixels: concurrent decodes are capped so memory stays bounded."""
+    import retrieval.service.api as api
+
+    running, most, lock = 0, 0, threading.Lock()
+    decode = api.decode_photo
+
+    def counted(*args, **kwargs):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.2)
+            return decode(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(api, "decode_photo", counted)
+    with live_server(create_app(raw_engine, ServiceConfig(index=raw_index, max_decoding=2))) as url:
+        def ask(seed: int) -> int:
+            files = {"image": ("p.jpg", encode(make_image(40, 40, seed=seed)), "image/jpeg")}
+            return httpx.post(url + "/api/search", files=files, timeout=60).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(ask, range(8)))
+    assert statuses == [200] * 8 and most == 2, (statuses, most)
+
+
 SERVE_WITH_TINY = ("import sys; from embeddings.extraction.backbones import BACKBONES; from tests.conftest import TINY; "
                    "BACKBONES['tiny'] = TINY; from retrieval.serve import main; sys.exit(main(sys.argv[1:]))")
 
