@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from common import LockHeld, ManifestError
+from common.commands import share_name_with
 
 from .extraction.backbones import BACKBONES, WeightsUnavailableError
 from .extraction.cache import CacheError
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary.lines():
         print(line)
     return 130 if summary.interrupted else 0
+
+
+share_name_with(__name__, build)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from common import LockHeld
+from common.commands import share_name_with
 
 from .extraction.backbones import WeightsUnavailableError
 from .learning.fashion_mnist import DownloadError
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:19s} {figures['top1']:6.3f}  {figures['top10']:6.3f}  {figures['pair_accuracy']:6.3f}")
     print(f"best epoch {result.best_epoch} of {result.epochs_run}; tower written to {result.out}")
     return 0
+
+
+share_name_with(__name__, finetune)
 
 
 if __name__ == "__main__":

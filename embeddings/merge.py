@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import types
 from pathlib import Path
 
 from common import LockHeld
+from common.commands import share_name_with
 
 from .extraction.shards import merge
 
@@ -44,15 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-class _CallableModule(types.ModuleType):
-    """``embeddings.merge`` is both this command and the function the package exports: importing the
-    command rebinds the package's attribute to the module, so the module calls through to the function."""
-
-    def __call__(self, *args, **kwargs):
-        return merge(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+share_name_with(__name__, merge)
 
 if __name__ == "__main__":
     sys.exit(main())

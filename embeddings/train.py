@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import types
 from pathlib import Path
 
 from common import LockHeld
+from common.commands import share_name_with
 
 from .learning.head import HeadConfig
 from .learning.losses import MINING
@@ -87,15 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 
-class _CallableModule(types.ModuleType):
-    """``embeddings.train`` is both this command and the function the package exports: importing the
-    command rebinds the package's attribute to the module, so the module calls through to the function."""
-
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+share_name_with(__name__, train)
 
 if __name__ == "__main__":
     sys.exit(main())

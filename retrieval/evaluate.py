@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from common import ManifestError
+from common.commands import share_name_with
 from embeddings.extraction.cache import CacheError
 
 from .topk import KS, evaluate, write_report
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics, plot = write_report(report, args.out)
     print(f"wrote {metrics} and {plot}")
     return 0
+
+
+share_name_with(__name__, evaluate)
 
 
 if __name__ == "__main__":
