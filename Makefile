@@ -35,6 +35,9 @@ bench: setup
 	$(PY) benchmarks/extract.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/finetune.py
+	$(PY) benchmarks/ann.py     # about 25 minutes on 2 cores
 
 clean:
 	rm -rf demo-output bench-output .pytest_cache
