@@ -227,17 +227,17 @@ def test_bad_ann_arguments_exit_2_in_one_line(catalogue, tmp_path, capsys):
 
 
 def test_factory_checked_against_the_real_dimension_and_small_categories(tmp_path, capsys):
-    """PQ4 suits 16-d vectors (it was refused as if they were 64-d); PQ5 does not, and IVF over a category
+    """PQ5 does not suit 16-d vectors (said in words, not a cut FAISS message), and IVF over a category
     smaller than its held-out tuning rows, or with more lists than rows, is one line, exit 2, no traceback."""
-    cache, manifest, vectors = write_catalogue(tmp_path / "data", counts=(("bags", 800), ("dresses", 600)))
+    cache, manifest, vectors = write_catalogue(tmp_path / "data", counts=(("bags", 200), ("dresses", 120)))
     common = ["--vectors", str(cache), "--manifest", str(manifest), "--out", str(tmp_path / "i.h5")]
-    assert index_main(common + ["--ann", "IVF4,PQ4"]) == 0
+    assert index_main(common + ["--ann", "IVF4,PQ4x4"]) == 0
     index = load_index(tmp_path / "i.h5")
-    assert {info["factory"] for info in index.attrs["ann"].values()} == {"IVF4,PQ4"}
+    assert {info["factory"] for info in index.attrs["ann"].values()} == {"IVF4,PQ4x4"}
     engine = SearchEngine.load(tmp_path / "i.h5")
     assert [m.photo for m in engine.search_vectors(vectors[:1], k=1)[0]] == [0]
     capsys.readouterr()
-    for factory, message in (("IVF4,PQ5", "a multiple of 5"), ("IVF9999999,Flat", "bags (800 rows)"),
+    for factory, message in (("IVF4,PQ5", "a multiple of 5"), ("IVF512,Flat", "bags (200 rows)"),
                              ("garbage", "not a FAISS factory string")):
         assert index_main(common + ["--ann", factory, "--out", str(tmp_path / "j.h5")]) == 2, factory
         err = capsys.readouterr().err.strip().splitlines()
