@@ -127,3 +127,20 @@ def test_evaluate_says_when_the_baseline_is_missing(trained, tmp_path, capsys):
     assert "trained head" in out and "raw baseline left out: 120 of the index's 120 shop photos" in out
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"head"} and (tmp_path / "report" / "topk.png").stat().st_size > 1000
+
+
+def test_float16_index_through_the_head_ranks_like_float32(trained, tmp_path):
+    """--dtype float16 with a head: embeddings after the head stored in half the bytes, same products found,
+    distances within float16 rounding of the float32 index's."""
+    root, vectors, _ = trained
+    full, _ = build_index(root / "v.h5", root / "manifest.jsonl", tmp_path / "f32.h5", head=root / "head")
+    half, _ = build_index(root / "v.h5", root / "manifest.jsonl", tmp_path / "f16.h5", head=root / "head",
+                          dtype="float16")
+    assert half.embeddings.dtype == np.float16 and half.attrs["head"] == full.attrs["head"]
+    np.testing.assert_allclose(half.embeddings[:], full.embeddings[:], rtol=1e-3, atol=1e-3)
+    queries = vectors[::6][:10]
+    found32 = SearchEngine.load(tmp_path / "f32.h5").search_vectors(queries, k=3)
+    found16 = SearchEngine.load(tmp_path / "f16.h5").search_vectors(queries, k=3)
+    for a, b in zip(found32, found16):
+        assert a[0].product == b[0].product
+        np.testing.assert_allclose([m.distance for m in b], [m.distance for m in a], rtol=1e-2, atol=1e-2)
