@@ -176,6 +176,15 @@ def test_a_box_can_be_drawn_moved_resized_and_cleared_with_the_keyboard(page, tm
     assert box_text.text.startswith("Whole photo (200 × 100)")
 
 
+def test_the_hidden_file_input_shows_focus_on_its_button(page):
+    """Tabbing onto the (invisible) file input must show where the keyboard is: on its "Choose a file" button."""
+    outline = ("const l = document.getElementById('search-file').closest('label');"
+               "return getComputedStyle(l).outlineStyle;")
+    assert page.execute_script(outline) == "none"
+    page.execute_script("document.getElementById('search-file').focus()")
+    assert page.execute_script(outline) == "solid"
+
+
 def test_without_chromium_the_browser_test_skips_unless_required(monkeypatch):
     import tests.retrieval.service.test_page as module
 
