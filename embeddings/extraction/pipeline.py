@@ -6,11 +6,15 @@ writer (``CacheWriter``: one writer per cache, appended batch by batch, resumabl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from tqdm import tqdm
 
@@ -166,8 +170,9 @@ def _run(engine: Engine, todo: list[tuple[str, Path]], writer: CacheWriter, labe
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     try:
         for batch in engine.batches(todo):
-            summary.computed += writer.append(batch.ids, batch.vectors,
-                                              [labels[k] for k in batch.ids] if labels is not None else None)
+            with _interrupt_after():  # a Ctrl-C amid an append would leave the ids and vectors unequal
+                summary.computed += writer.append(batch.ids, batch.vectors,
+                                                  [labels[k] for k in batch.ids] if labels is not None else None)
             summary.failures += batch.failures
             for key, why in batch.failures:
                 logger.warning("skipped %s: %s", key, why)
@@ -182,3 +187,20 @@ def _run(engine: Engine, todo: list[tuple[str, Path]], writer: CacheWriter, labe
         if lost:  # an engine that dropped rows: say so (a rerun computes them)
             logger.error("%d images came back from no worker (first: %s); rerun to compute them", len(lost), lost[0])
             summary.failures += [(key, "lost by the engine; rerun to compute it") for key in lost]
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold back a Ctrl-C until the block is done, then raise it (only where Python's own handler is in place)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -242,7 +242,27 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_completes(tmp_path):
     kept = len(read_vectors(tmp_path / "v.h5").ids)
     assert 2 <= kept < count
     assert "run the same command to resume" in out
+    command[command.index("--batch-size") + 1] = "64"  # resume does not depend on the batch size; 1 is slow
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"already cached: {kept}; computed: {count - kept}" in again.stdout
     assert sorted(read_vectors(tmp_path / "v.h5").ids) == sorted(f"{i:03d}.jpg" for i in range(count))
+
+
+def test_a_ctrl_c_during_an_append_lets_it_finish_then_stops(tiny_extractor, tmp_path, monkeypatch):
+    import signal
+
+    from embeddings.extraction.cache import CacheWriter
+
+    real = CacheWriter.append
+
+    def interrupted(self, ids, vectors, labels=None):  # Ctrl-C arrives while the rows are being written
+        signal.raise_signal(signal.SIGINT)
+        return real(self, ids, vectors, labels)
+
+    monkeypatch.setattr(CacheWriter, "append", interrupted)
+    rows = tiny_extractor.batch_size  # the batch during which Ctrl-C came is written whole, then the build stops
+    summary = build(BuildConfig(out=tmp_path / "v.h5", manifest=write_manifest(tmp_path, rows + 2)), tiny_extractor)
+    assert summary.interrupted and summary.computed == rows
+    cache = read_vectors(tmp_path / "v.h5")
+    assert len(cache.ids) == len(cache.vectors) == rows
