@@ -153,7 +153,7 @@ class _Index:
         self.position = {key: i for i, key in enumerate(self.keys)}
 
     def sample(self, keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        slots = np.array([self.position[key] for key in keys])
+        slots = np.array([self.position[key] for key in keys], dtype=np.int64)  # int even when empty
         return self.order[self.starts[slots] + (rng.random(len(slots)) * self.counts[slots]).astype(np.int64)]
 
 

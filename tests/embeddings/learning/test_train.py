@@ -154,3 +154,20 @@ def test_validation_ranking_memory_is_a_block_of_queries(same_sides, monkeypatch
     assert peak < 24, f"validation ranking peaked at {peak:.1f} MiB"
     assert figures["top1"] == pytest.approx(_brute_force_top(vectors, items, 1))
     assert figures["top10"] == pytest.approx(_brute_force_top(vectors, items, 10))
+
+
+@pytest.mark.parametrize("in_class", [0.0, 1.0])
+def test_pair_batches_with_no_partner_of_one_kind(in_class):
+    """Regression: a batch that drew no in-category negative (every batch with in_class 0) raised IndexError,
+    because the empty key list became a float array."""
+    from embeddings.learning.samplers import PairSampler
+
+    vectors, labels = hidden_classes(classes=6, per_class=4)
+    items = from_labels(Vectors(np.arange(len(labels)).astype(str).astype(object), vectors, {},
+                                np.array([str(l) for l in labels], dtype=object)))
+    sampler = PairSampler(items, batch_size=8, negatives=1.0, in_class=in_class)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        (anchors, partners), matching = sampler.batch(rng)
+        assert anchors.shape == partners.shape == (8, vectors.shape[1])
+        assert matching[:4].tolist() == [1.0] * 4 and matching[4:].tolist() == [0.0] * 4
