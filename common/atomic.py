@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Collection, Iterator
 
 
 def _temp_name(path: Path) -> Path:
@@ -73,6 +73,22 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
         with open(temp, mode, encoding=None if binary else encoding) as stream:
             yield stream
             stream.flush()
+
+
+def check_replaceable_folder(path: str | Path, known: Collection[str], what: str) -> None:
+    """Refuse an output folder that ``atomic_path`` must not replace whole: a file, or a folder holding files
+    other than ``known`` (a user's other work would be deleted with it).
+
+    Raises:
+        ValueError: naming the folder and up to three of the other files.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path}: exists and is not a folder; give a folder for the {what}")
+    others = sorted(p.name for p in path.iterdir() if p.name not in known) if path.is_dir() else []
+    if others:
+        raise ValueError(f"{path}: holds other files than a {what}'s ({', '.join(others[:3])}); it would be "
+                         f"replaced as a whole: choose a new folder")
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from common import WriterLock, atomic_path
+from common import WriterLock, atomic_path, check_replaceable_folder
 
 from .fit import _validation_pairs, evaluate_embeddings
 from .losses import MINING, contrastive_loss, triplet_loss
@@ -84,13 +84,7 @@ class FinetuneConfig:
             raise ValueError(f"margin must be positive, got {self.margin}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"{out}: exists and is not a folder; give a folder for the tower")
-        others = sorted(p.name for p in out.iterdir() if p.name not in TOWER_FILES) if out.is_dir() else []
-        if others:
-            raise ValueError(f"{out}: holds other files than a tower's ({', '.join(others[:3])}); it would be "
-                             f"replaced as a whole: choose a new folder")
+        check_replaceable_folder(self.out, TOWER_FILES, "tower")
         self.tower.validate()
 
     @property

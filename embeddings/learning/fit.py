@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from common import WriterLock, atomic_path
+from common import WriterLock, atomic_path, check_replaceable_folder
 
 from ..extraction.cache import identity, read_info, read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
@@ -77,13 +77,7 @@ class TrainConfig:
             raise FileNotFoundError(f"{self.manifest}: manifest does not exist")
         if not Path(self.vectors).is_file():
             raise FileNotFoundError(f"{self.vectors}: vector cache does not exist")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"{out}: exists and is not a folder; give a folder for the head")
-        others = sorted(p.name for p in out.iterdir() if p.name not in HEAD_FILES) if out.is_dir() else []
-        if others:
-            raise ValueError(f"{out}: holds other files than a head's ({', '.join(others[:3])}); it would be "
-                             f"replaced as a whole: choose a new folder")
+        check_replaceable_folder(self.out, HEAD_FILES, "head")
         self.head.validate()
 
     @property
