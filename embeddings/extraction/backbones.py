@@ -103,14 +103,10 @@ def _randomise(model: Any, seed: int) -> None:
         variable.assign(rng.uniform(-limit, limit, size=shape).astype(np.float32))
 
 
-def build_model(spec: Backbone, weights: str | Path | None, precision: str = "float32") -> Any:
-    """The keras model from ``uint8`` RGB pixels to the cut layer's vector, ``preprocess_input`` inside.
-
-    Args:
-        weights: ``"imagenet"`` (downloaded by Keras on first use), a local weights file of the full
-            model, or ``None`` (random, seeded).
-        precision: ``float32``, ``bfloat16`` or ``float16`` (Keras' mixed policy: float32 variables,
-            the network computed in the lower precision; the preprocessing stays float32).
+def full_model(spec: Backbone, weights: str | Path | None, precision: str = "float32") -> Any:
+    """The whole application network, classifier included, with its weights: ImageNet (downloaded by Keras
+    on first use), a local weights file of the full model, or ``None`` (random, seeded: the same in every
+    process). Shared by the build's cut model and the fine-tuned tower.
 
     Raises:
         FileNotFoundError: the weights file does not exist.
@@ -140,6 +136,25 @@ def build_model(spec: Backbone, weights: str | Path | None, precision: str = "fl
         keras.config.set_dtype_policy(previous)
     if weights is None:
         _randomise(full, seed=0)
+    return full
+
+
+def build_model(spec: Backbone, weights: str | Path | None, precision: str = "float32") -> Any:
+    """The keras model from ``uint8`` RGB pixels to the cut layer's vector, ``preprocess_input`` inside.
+
+    Args:
+        weights: ``"imagenet"`` (downloaded by Keras on first use), a local weights file of the full
+            model, or ``None`` (random, seeded).
+        precision: ``float32``, ``bfloat16`` or ``float16`` (Keras' mixed policy: float32 variables,
+            the network computed in the lower precision; the preprocessing stays float32).
+
+    Raises:
+        FileNotFoundError: the weights file does not exist.
+        WeightsUnavailableError: the ImageNet download failed.
+    """
+    import keras
+
+    full = full_model(spec, weights, precision)
     cut = keras.Model(full.inputs, full.get_layer("predictions").input, name=f"{spec.name}_{spec.layer}")
     pixels = keras.Input((*spec.input_size, 3), dtype="uint8", name="pixels")
     preprocess = preprocess_function(spec)

@@ -84,25 +84,11 @@ def small_cnn(input_shape: tuple[int, int, int], seed: int) -> Any:
 
 
 def _full_model(name: str, weights: str | None) -> Any:
-    """The whole application network (with its classifier) and its weights: ImageNet, a local file of the
-    full model (machines without internet), or seeded random (the same in every process)."""
-    from ..extraction.backbones import WeightsUnavailableError, _keras_attr, _randomise, get_backbone
+    """The whole application network (with its classifier) and its weights, loaded as ``embeddings.build``
+    loads them."""
+    from ..extraction.backbones import full_model, get_backbone
 
-    spec = get_backbone(name)
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: weights file does not exist")
-    try:
-        full = _keras_attr(spec.application)(weights=weights)
-    except Exception as error:  # Keras raises a bare Exception when the download fails
-        if weights != "imagenet":
-            raise
-        raise WeightsUnavailableError(
-            f"could not download the ImageNet weights for {name} ({str(error).splitlines()[0][:160]}); on a "
-            f"machine without internet pass --weights PATH (Keras' weights file of the full model) or --weights none"
-        ) from None
-    if weights is None:
-        _randomise(full, seed=0)
-    return full
+    return full_model(get_backbone(name), weights)
 
 
 def pretrained_trunk(name: str, weights: str | None, size: tuple[int, int]) -> Any:
