@@ -17,7 +17,7 @@ from .learning.finetuning import KERAS_DATASET, FinetuneConfig, finetune
 from .learning.head import HeadConfig
 from .learning.losses import MINING
 from .learning.tower import TOWER_BACKBONES, TowerConfig
-from .train import _sizes
+from .train import parse_sizes
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment", action="store_true",
                         help="random resized crop, flip and colour jitter while training (seeded)")
     parser.add_argument("--dropout", type=float, default=0.2, help="dropout in the head (default: 0.2)")
-    parser.add_argument("--hidden", type=_sizes, default=None,
+    parser.add_argument("--hidden", type=parse_sizes, default=None,
                         help="head hidden layer sizes (default: 1024; 256 for small-cnn)")
     parser.add_argument("--dim", type=int, default=128, help="embedding size (default: 128)")
     parser.add_argument("--input-size", type=_size, default=None,

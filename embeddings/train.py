@@ -15,7 +15,7 @@ from .learning.losses import MINING
 from .learning.fit import TrainConfig, train
 
 
-def _sizes(text: str) -> tuple[int, ...]:
+def parse_sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=float, default=None,
                         help="loss margin on unit-length embeddings (default: 0.2 triplet, 1.0 contrastive)")
     parser.add_argument("--dim", type=int, default=128, help="embedding size (default: 128)")
-    parser.add_argument("--hidden", type=_sizes, default=(1024,), help="hidden layer sizes (default: 1024)")
+    parser.add_argument("--hidden", type=parse_sizes, default=(1024,), help="hidden layer sizes (default: 1024)")
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--no-batch-norm", action="store_true")
     parser.add_argument("--epochs", type=int, default=30)

@@ -65,7 +65,8 @@ def get_backbone(backbone: str | Backbone) -> Backbone:
         raise ValueError(f"unknown backbone {backbone!r}; expected one of {sorted(BACKBONES)}") from None
 
 
-def _keras_attr(dotted: str) -> Any:
+def keras_application(dotted: str) -> Any:
+    """The Keras application constructor named ``module.Name`` (e.g. ``vgg19.VGG19``)."""
     import keras
 
     module, attribute = dotted.split(".")
@@ -74,7 +75,7 @@ def _keras_attr(dotted: str) -> Any:
 
 def preprocess_function(spec: Backbone) -> Callable[[np.ndarray], np.ndarray]:
     """The backbone's own ``preprocess_input`` (RGB 0-255 in, the network's input out)."""
-    return _keras_attr(spec.preprocess)
+    return keras_application(spec.preprocess)
 
 
 def weights_id(weights: str | Path | None) -> str:
@@ -119,7 +120,7 @@ def full_model(spec: Backbone, weights: str | Path | None, precision: str = "flo
             weights = None
         elif not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: weights file does not exist")
-    build = spec.factory or _keras_attr(spec.application)
+    build = spec.factory or keras_application(spec.application)
     previous = keras.config.dtype_policy()  # the policy is per thread: set it only while building
     keras.config.set_dtype_policy(POLICIES[precision])
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from common import WriterLock, atomic_path, check_replaceable_folder
 
-from .fit import _validation_pairs, evaluate_embeddings
+from .fit import validation_pairs, evaluate_embeddings
 from .losses import MINING, contrastive_loss, triplet_loss
 from .pixel_data import PixelSplits, fashion_mnist_splits, folder_splits, limit_items, manifest_splits
 from .pixels import PixelBatches, PixelEmbedder, embed_pixels, raw_pixels
@@ -201,7 +201,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         if splits.test is not None and not _check_pairs(splits.test, "test", config, required=False):
             splits.test = None
         val = _decoded(limit_items(splits.val, config.eval_limit, config.seed))
-        val_pairs = _validation_pairs(val, np.random.default_rng(config.seed))
+        val_pairs = validation_pairs(val, np.random.default_rng(config.seed))
         raw, _ = evaluate_embeddings(raw_pixels(val.vectors), val, val_pairs)
         logger.info("raw pixels: validation top-1 %.3f top-10 %.3f", raw["top1"], raw["top10"])
         tower = build_tower(config.tower)
@@ -210,7 +210,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         test = None
         if splits.test is not None:
             held = _decoded(limit_items(splits.test, config.eval_limit, config.seed))
-            pairs = _validation_pairs(held, np.random.default_rng(config.seed + 1))
+            pairs = validation_pairs(held, np.random.default_rng(config.seed + 1))
             test, _ = evaluate_embeddings(embed_pixels(tower, held.vectors), held, pairs, calibration)
         settings = config.settings()
         steps = config.steps_per_epoch or max(1, math.ceil(len(splits.train) / config.batch_size))

@@ -113,7 +113,7 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def _validation_pairs(items: ItemSet, rng: np.random.Generator, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+def validation_pairs(items: ItemSet, rng: np.random.Generator, limit: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """Matching and as many non-matching (query, gallery) index pairs, half of the latter in-category."""
     sampler = PairSampler(items, batch_size=limit, negatives=1.0, in_class=0.5)
     anchors = sampler.queries[rng.integers(len(sampler.queries), size=limit)]
@@ -166,7 +166,7 @@ def load_items(config: TrainConfig) -> tuple[ItemSet, dict[str, Any]]:
 def _prepare(config: TrainConfig) -> _Data:
     items, vectors_identity = load_items(config)
     train_items, val_items = split_validation(items, config.val_fraction, config.seed)
-    val_pairs = _validation_pairs(val_items, np.random.default_rng(config.seed))
+    val_pairs = validation_pairs(val_items, np.random.default_rng(config.seed))
     raw, raw_calibration = evaluate_embeddings(_normalise(val_items.vectors), val_items, val_pairs)
     logger.info("raw vectors: validation top-1 %.3f top-10 %.3f", raw["top1"], raw["top10"])
     return _Data(items, train_items, val_items, val_pairs, raw, raw_calibration, vectors_identity)

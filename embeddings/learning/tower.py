@@ -96,13 +96,13 @@ def pretrained_trunk(name: str, weights: str | None, size: tuple[int, int]) -> A
     size than 224 x 224, its convolutional part with global average pooling, weights copied by layer name."""
     import keras
 
-    from ..extraction.backbones import _keras_attr, get_backbone
+    from ..extraction.backbones import keras_application, get_backbone
 
     spec = get_backbone(name)
     full = _full_model(name, weights)
     if tuple(size) == tuple(spec.input_size):
         return keras.Model(full.inputs, full.get_layer("predictions").input, name=f"{name}_{spec.layer}")
-    trunk = _keras_attr(spec.application)(include_top=False, weights=None, input_shape=(*size, 3), pooling="avg")
+    trunk = keras_application(spec.application)(include_top=False, weights=None, input_shape=(*size, 3), pooling="avg")
     source = {layer.name: layer for layer in full.layers}
     for layer in trunk.layers:
         if layer.weights and layer.name in source:

@@ -134,7 +134,7 @@ def test_validation_ranking_memory_is_a_block_of_queries(same_sides, monkeypatch
     import tracemalloc
 
     from embeddings.learning import fit
-    from embeddings.learning.fit import _validation_pairs, evaluate_embeddings
+    from embeddings.learning.fit import validation_pairs, evaluate_embeddings
 
     monkeypatch.setattr(fit, "RANK_BLOCK_BYTES", 1 << 20)
     vectors, labels = hidden_classes(classes=300, per_class=5, dim=8)
@@ -144,7 +144,7 @@ def test_validation_ranking_memory_is_a_block_of_queries(same_sides, monkeypatch
     if not same_sides:
         items.query[:] = np.arange(len(labels)) % 5 < 2
         items.gallery[:] = ~items.query
-    pairs = _validation_pairs(items, np.random.default_rng(0), limit=200)
+    pairs = validation_pairs(items, np.random.default_rng(0), limit=200)
     tracemalloc.start()
     try:
         figures, _ = evaluate_embeddings(vectors, items, pairs)
