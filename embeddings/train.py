@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 share_name_with(__name__, train)
+
 
 if __name__ == "__main__":
     sys.exit(main())

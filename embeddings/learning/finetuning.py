@@ -23,7 +23,7 @@ import numpy as np
 from common import WriterLock, atomic_path, check_replaceable_folder
 
 from .fit import validation_pairs, evaluate_embeddings
-from .losses import MINING, contrastive_loss, triplet_loss
+from .losses import check_loss, contrastive_loss, triplet_loss
 from .pixel_data import PixelSplits, fashion_mnist_splits, folder_splits, limit_items, manifest_splits
 from .pixels import PixelBatches, PixelEmbedder, embed_pixels, raw_pixels
 from .samplers import ItemSet, PairSampler, TripletSampler
@@ -71,10 +71,7 @@ class FinetuneConfig:
             raise ValueError("give exactly one of manifest, images or fashion_mnist")
         if self.manifest is not None and not Path(self.manifest).is_file():
             raise FileNotFoundError(f"{self.manifest}: manifest does not exist")
-        if self.loss not in ("triplet", "contrastive"):
-            raise ValueError(f"loss must be triplet or contrastive, got {self.loss!r}")
-        if self.mining not in MINING:
-            raise ValueError(f"mining must be one of {list(MINING)}, got {self.mining!r}")
+        check_loss(self.loss, self.mining)
         if self.epochs < 1 or self.batch_size < 2 or self.patience < 1 or self.eval_limit < 10:
             raise ValueError(f"need epochs, patience >= 1, batch size >= 2 and eval limit >= 10, got "
                              f"{self.epochs}, {self.patience}, {self.batch_size}, {self.eval_limit}")

@@ -24,7 +24,7 @@ from common import WriterLock, atomic_path, check_replaceable_folder
 
 from ..extraction.cache import identity, read_info, read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
-from .losses import MINING, contrastive_loss, triplet_loss
+from .losses import check_loss, contrastive_loss, triplet_loss
 from .metrics import euclidean_distances, first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
 from .samplers import ItemSet, PairSampler, TripletSampler, from_labels, from_manifest_cache, split_validation
 
@@ -64,10 +64,7 @@ class TrainConfig:
     restart: bool = False
 
     def validate(self) -> None:
-        if self.loss not in ("triplet", "contrastive"):
-            raise ValueError(f"loss must be triplet or contrastive, got {self.loss!r}")
-        if self.mining not in MINING:
-            raise ValueError(f"mining must be one of {list(MINING)}, got {self.mining!r}")
+        check_loss(self.loss, self.mining)
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch size >= 2, got {self.epochs}, {self.batch_size}")
         if self.patience < 1 or self.learning_rate <= 0 or not 0 <= self.in_class <= 1:

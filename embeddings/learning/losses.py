@@ -11,6 +11,14 @@ Mining = Literal["batch-all", "batch-hard", "semi-hard"]
 MINING: tuple[str, ...] = ("batch-all", "batch-hard", "semi-hard")
 
 
+def check_loss(loss: str, mining: str) -> None:
+    """Raise ``ValueError`` unless ``loss`` is triplet or contrastive and ``mining`` one of ``MINING``."""
+    if loss not in ("triplet", "contrastive"):
+        raise ValueError(f"loss must be triplet or contrastive, got {loss!r}")
+    if mining not in MINING:
+        raise ValueError(f"mining must be one of {list(MINING)}, got {mining!r}")
+
+
 def contrastive_loss(margin: float = 1.0) -> Callable:
     """Hadsell et al. 2006: ``mean(y * d**2 + (1 - y) * max(margin - d, 0)**2)``.
 

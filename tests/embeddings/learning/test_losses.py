@@ -85,3 +85,12 @@ def test_semi_hard_equals_the_definition_on_random_batches():
 def test_unknown_mining_is_refused():
     with pytest.raises(ValueError, match="unknown mining 'hardest'"):
         triplet_loss(0.2, "hardest")
+
+
+def test_training_configs_name_an_unknown_loss_or_mining(tmp_path):
+    from embeddings import FinetuneConfig, TrainConfig
+
+    with pytest.raises(ValueError, match=r"mining must be one of \['batch-all', 'batch-hard', 'semi-hard'\], got 'hardest'"):
+        TrainConfig(vectors=tmp_path / "v.h5", out=tmp_path / "head", mining="hardest").validate()
+    with pytest.raises(ValueError, match="loss must be triplet or contrastive, got 'arcface'"):
+        FinetuneConfig(out=tmp_path / "tower", images=tmp_path, loss="arcface").validate()
