@@ -22,8 +22,8 @@ import numpy as np
 
 from common import WriterLock, atomic_path, check_replaceable_folder
 
-from .fit import validation_pairs, evaluate_embeddings
-from .losses import check_loss, contrastive_loss, triplet_loss
+from .fit import HEAD_FILES, evaluate_embeddings, validation_pairs
+from .losses import check_loss, contrastive_loss, default_margin, triplet_loss
 from .pixel_data import PixelSplits, fashion_mnist_splits, folder_splits, limit_items, manifest_splits
 from .pixels import PixelBatches, PixelEmbedder, embed_pixels, raw_pixels
 from .samplers import ItemSet, PairSampler, TripletSampler
@@ -32,7 +32,7 @@ from .tower import TOWER_FORMAT, TowerConfig, build_image_pair_model, build_towe
 logger = logging.getLogger(__name__)
 
 KERAS_DATASET = "keras.datasets"  # ``fashion_mnist`` value: download through keras.datasets.fashion_mnist
-TOWER_FILES = ("model.keras", "config.json", "history.json", "training.png")
+TOWER_FILES = HEAD_FILES  # a tower's run folder holds the same files as a head's
 
 
 @dataclass
@@ -86,7 +86,7 @@ class FinetuneConfig:
 
     @property
     def effective_margin(self) -> float:
-        return self.margin if self.margin is not None else (0.2 if self.loss == "triplet" else 1.0)
+        return self.margin if self.margin is not None else default_margin(self.loss)
 
     @property
     def effective_learning_rate(self) -> float:

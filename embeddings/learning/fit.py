@@ -24,7 +24,7 @@ from common import WriterLock, atomic_path, check_replaceable_folder
 
 from ..extraction.cache import identity, read_info, read_vectors
 from .head import Calibration, HeadConfig, build_head, build_pair_model
-from .losses import check_loss, contrastive_loss, triplet_loss
+from .losses import check_loss, contrastive_loss, default_margin, triplet_loss
 from .metrics import euclidean_distances, first_hit_rank, fit_calibration, pair_accuracy, topk_accuracy
 from .samplers import ItemSet, PairSampler, TripletSampler, from_labels, from_manifest_cache, split_validation
 
@@ -79,7 +79,7 @@ class TrainConfig:
 
     @property
     def effective_margin(self) -> float:
-        return self.margin if self.margin is not None else (0.2 if self.loss == "triplet" else 1.0)
+        return self.margin if self.margin is not None else default_margin(self.loss)
 
 
 @dataclass

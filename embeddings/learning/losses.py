@@ -11,6 +11,11 @@ Mining = Literal["batch-all", "batch-hard", "semi-hard"]
 MINING: tuple[str, ...] = ("batch-all", "batch-hard", "semi-hard")
 
 
+def default_margin(loss: str) -> float:
+    """The margin used when none is given: 0.2 for triplet (unit-length embeddings), 1.0 for contrastive."""
+    return 0.2 if loss == "triplet" else 1.0
+
+
 def check_loss(loss: str, mining: str) -> None:
     """Raise ``ValueError`` unless ``loss`` is triplet or contrastive and ``mining`` one of ``MINING``."""
     if loss not in ("triplet", "contrastive"):
