@@ -95,3 +95,30 @@ def test_a_dead_ray_worker_is_retried_and_nothing_is_lost_or_duplicated(local_ra
     assert local.computed == 6
     expected = read_vectors(tmp_path / "local.h5")
     np.testing.assert_allclose(found.vectors[found.rows(expected.ids)], expected.vectors, rtol=1e-5, atol=1e-6)
+
+
+def records_process(folder: Path):
+    """A decoding task that notes the title Ray gives its process (``ray::<what it runs>``), then decodes."""
+    def decode(batch, size, decode):
+        from embeddings.extraction.ray_engine import decode_rows
+
+        title = Path("/proc/self/cmdline").read_bytes().split(b"\0")[0].decode()
+        (folder / f"{os.getpid()}-{len(list(folder.iterdir()))}").write_text(title)
+        return decode_rows(batch, size, decode)
+
+    return decode
+
+
+def test_decoding_runs_in_tasks_apart_from_the_network_actor(local_ray, tmp_path):
+    """Ray Data fuses map steps with equal resources into the network's actor, which then decodes and embeds
+    each batch in turn (ray/local 0.66 measured); decoding must overlap the network instead."""
+    from embeddings.extraction.ray_engine import RayEngine
+
+    photos(tmp_path / "images", 6)
+    (tmp_path / "titles").mkdir()
+    settings = config(tmp_path, "ray.h5", engine="ray")
+    summary = build(settings, engine=RayEngine(settings, decode_fn=records_process(tmp_path / "titles")))
+    assert summary.computed == 6
+    titles = {path.read_text() for path in (tmp_path / "titles").iterdir()}
+    assert titles and all(title.startswith("ray::") for title in titles), titles
+    assert not any("Embedder" in title for title in titles), titles
