@@ -8,6 +8,9 @@ and batched throughput (ranker level: the k nearest rows of the whole index).
 
     python benchmarks/ann.py                 # 1,000,000 x 128
     python benchmarks/ann.py --rows 100000   # a quick run
+    python benchmarks/ann.py --rows 10000000 --runs exact,auto --work /tmp/ann10m   # 4.8 GiB of vectors
+
+With ``--work`` the generated cache and manifest are kept there and reused by the next run.
 """
 
 from __future__ import annotations
@@ -87,14 +90,14 @@ def build(cache: Path, manifest: Path, out: Path, method: str, memory: str = "4G
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(path: Path, queries: np.ndarray, truth: np.ndarray | None) -> dict:
-    """Single-query median, batched throughput and recall@10 of the index at ``path``."""
+def measure(path: Path, queries: np.ndarray, truth: np.ndarray | None, singles: int = 200) -> dict:
+    """Single-query median (over ``singles`` queries), batched throughput and recall@10 of the index at ``path``."""
     from retrieval import SearchEngine
 
     ranker = SearchEngine.load(path).ranker
     ranker.search(queries[:5], 10)  # warm up (page cache, FAISS)
     times = []
-    for query in queries[:200]:
+    for query in queries[:singles]:
         began = time.perf_counter()
         ranker.search(query[None], 10)
         times.append(time.perf_counter() - began)
@@ -108,12 +111,12 @@ def measure(path: Path, queries: np.ndarray, truth: np.ndarray | None) -> dict:
 def faiss_only_recall(path: Path, queries: np.ndarray, truth: np.ndarray) -> tuple[float, int]:
     """Recall@10 of the FAISS part alone (its own approximate distances, no exact re-ranking) and its bytes."""
     from retrieval import load_index
-    from retrieval.ann import deserialize, for_faiss
+    from retrieval.ann import for_faiss, open_part
     from retrieval.tuning import search_params
 
     index = load_index(path)
     part = index.ann["all"]
-    faiss_index = deserialize(part.blob)
+    faiss_index = open_part(part.blob)
     _, found = faiss_index.search(for_faiss(queries, "cosine"), 10, params=search_params(faiss_index, part.info["value"]))
     to_row = np.empty(len(index), np.int64)
     to_row[index.ann_ids] = np.arange(len(index))
@@ -126,32 +129,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--pq-memory", default="64M", help="budget that makes auto choose IVF + PQ")
-    parser.add_argument("--work", type=Path, help="folder for the files (default: a temporary one)")
+    parser.add_argument("--memory", default="4G", help="--max-memory of the auto run")
+    parser.add_argument("--runs", default="exact,auto,pq", help="which of exact, auto, pq to build (exact first)")
+    parser.add_argument("--work", type=Path, help="folder to keep the generated inputs in and reuse them from "
+                                                   "(default: a temporary one)")
     args = parser.parse_args(argv)
+    runs = [r for r in args.runs.split(",") if r]
+    if not runs or runs[0] != "exact" or set(runs) - {"exact", "auto", "pq"}:
+        parser.error("--runs: exact first, then any of auto, pq")
     began = time.perf_counter()
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as temp:
         folder = Path(temp)
-        cache, manifest = write_inputs(folder, args.rows)
+        inputs = args.work / f"inputs-{args.rows}" if args.work else folder / "inputs"
+        if not (inputs / "done").exists():
+            inputs.mkdir(parents=True, exist_ok=True)
+            write_inputs(inputs, args.rows)
+            (inputs / "done").write_text("")
+        cache, manifest = inputs / "vectors.h5", inputs / "manifest.jsonl"
         queries = generate(args.queries, seed=10**9)
-        print(f"{args.rows:,} x {DIM} clustered vectors ({INTRINSIC}-d intrinsic), {args.queries} new queries")
+        print(f"{args.rows:,} x {DIM} clustered vectors ({INTRINSIC}-d intrinsic), {args.queries} new queries "
+              f"(inputs written in {time.perf_counter() - began:.0f} s)", flush=True)
         results = {}
-        for name, method, memory in (("exact", "exact", "4G"), ("auto", "auto", "4G"), ("pq", "auto", args.pq_memory)):
+        settings = {"exact": ("exact", "4G"), "auto": ("auto", args.memory), "pq": ("auto", args.pq_memory)}
+        for name in runs:
+            method, memory = settings[name]
             built = build(cache, manifest, folder / f"{name}.h5", method, memory)
-            measured = measure(folder / f"{name}.h5", queries, results["exact"]["rows"] if results else None)
+            # an exact scan of 10M rows takes seconds: its single-query median comes from fewer queries
+            singles = 200 if name != "exact" else max(10, min(200, 200 * 1_000_000 // args.rows))
+            measured = measure(folder / f"{name}.h5", queries, results["exact"]["rows"] if results else None, singles)
             results[name] = {**built, **measured}
             choice = "exact" if not built["ann"] else "; ".join(
                 f"{i['factory']} {i['param']}={i['value']} tuned recall {i['recall']:.3f}" for i in built["ann"].values())
             print(f"{name:>5} ({choice}): build {built['build_s']:.1f} s, peak {built['peak_bytes'] / 2**30:.2f} GiB; "
                   f"recall@10 {measured['recall']:.4f}; single query {measured['single_ms']:.3f} ms; "
-                  f"batched {measured['batched_qps']:.0f} queries/s")
-        exact, auto = results["exact"], results["auto"]
-        print(f"auto vs exact: single query {exact['single_ms'] / auto['single_ms']:.1f}x faster, "
-              f"batched {auto['batched_qps'] / exact['batched_qps']:.1f}x, recall@10 {auto['recall']:.4f}")
-        if results["pq"]["ann"]:
-            alone, size = faiss_only_recall(folder / "pq.h5", queries, exact["rows"])
+                  f"batched {measured['batched_qps']:.0f} queries/s", flush=True)
+        exact = results["exact"]
+        for name in ("auto", "pq"):
+            if name in results:
+                found = results[name]
+                print(f"{name} vs exact: single query {exact['single_ms'] / found['single_ms']:.1f}x faster, "
+                      f"batched {found['batched_qps'] / exact['batched_qps']:.1f}x, recall@10 {found['recall']:.4f}")
+        pq = next((name for name in ("pq", "auto") if name in results and results[name]["ann"] and "PQ" in
+                   next(iter(results[name]["ann"].values()))["factory"]), None)
+        if pq:
+            alone, size = faiss_only_recall(folder / f"{pq}.h5", queries, exact["rows"])
             ratio = size / (args.rows * DIM * 4)
             print(f"PQ index: {size / 2**20:.1f} MiB = {ratio:.3f}x the float32 vectors; recall@10 {alone:.4f} from "
-                  f"its own codes, {results['pq']['recall']:.4f} with the exact re-ranking of its candidates "
+                  f"its own codes, {results[pq]['recall']:.4f} with the exact re-ranking of its candidates "
                   f"(which reads their float32 rows from the index file)")
     print(f"wall time {time.perf_counter() - began:.0f} s")
     return 0

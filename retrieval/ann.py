@@ -11,52 +11,66 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import h5py
 import numpy as np
 
 from .ranking import Ranker
-from .store import AnnPart, IndexData
-from .tuning import AnnConfig, build_part, depth, search_params
+from .store import AnnPart, IndexData, StoredBlob, part_dataset
+from .tuning import AnnConfig, build_part, depth, for_faiss, search_params
 
 logger = logging.getLogger(__name__)
 
 STALE_SHARE = 0.2  # rows added after training beyond which a rebuild is advised
+IO_BLOCK = 16 << 20  # bytes a serialised FAISS index is written or read at a time
 
 
-def for_faiss(vectors: np.ndarray, metric: str) -> np.ndarray:
-    """float32 rows as FAISS sees them: unit length for cosine, as they are for Euclidean."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if metric == "cosine":
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms > 0, norms, 1)
-    return vectors
-
-
-def serialize(index: Any) -> np.ndarray:
+def open_part(blob: np.ndarray | StoredBlob) -> Any:
+    """The FAISS index of a part: from bytes in memory, or read from its index file a block at a time (a
+    serialised index is never held in memory beside the index it becomes)."""
     import faiss
 
-    return faiss.serialize_index(index)
+    if not isinstance(blob, StoredBlob):
+        return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+    data, position = blob.dataset, 0
+
+    def read(size: int) -> bytes:
+        nonlocal position
+        chunk = data[position:position + size].tobytes()
+        position += len(chunk)
+        return chunk
+
+    return faiss.read_index(faiss.PyCallbackIOReader(read, IO_BLOCK))
 
 
-def deserialize(blob: np.ndarray) -> Any:
+def store_part(handle: h5py.File, index: Any) -> StoredBlob:
+    """Serialise ``index`` into a new dataset of the index file being written, a block at a time."""
     import faiss
 
-    return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
+    data = part_dataset(handle)
+
+    def write(chunk: bytes) -> int:
+        start = data.shape[0]
+        data.resize((start + len(chunk),))
+        data[start:] = np.frombuffer(chunk, np.uint8)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(write, IO_BLOCK))
+    return StoredBlob(handle, data.name)
 
 
-def make_part(vectors: np.ndarray, metric: str, factory: str, config: AnnConfig) -> tuple[AnnPart, np.ndarray]:
-    """A tuned FAISS part over one category's rows; returns it and the FAISS id of each row (0..n-1)."""
-    count = len(vectors)
-    prepared = for_faiss(vectors, metric)
-    del vectors  # the rows as read: not kept beside their unit-length copy
-    index, info = build_part(prepared, factory, config)
-    del prepared
-    return AnnPart(serialize(index), np.zeros(0, np.int64), info), np.arange(count, dtype=np.int64)
+def make_part(handle: h5py.File, vectors: np.ndarray, metric: str, factory: str,
+              config: AnnConfig) -> tuple[AnnPart, np.ndarray]:
+    """A tuned FAISS part over one category's rows (may be memory-mapped: read a block at a time), written into
+    ``handle`` at once; returns it and the FAISS id of each row (0..n-1)."""
+    index, info = build_part(vectors, metric, factory, config)
+    return AnnPart(store_part(handle, index), np.zeros(0, np.int64), info), np.arange(len(vectors), dtype=np.int64)
 
 
-def extend_part(part: AnnPart, vectors: np.ndarray, metric: str, category: str) -> tuple[AnnPart, np.ndarray]:
-    """Add rows to a part without retraining; returns it and the new rows' FAISS ids. Warns when the rows
-    added since training are so many that the quantiser no longer describes the data well."""
-    index = deserialize(part.blob)
+def extend_part(handle: h5py.File, part: AnnPart, vectors: np.ndarray, metric: str,
+                category: str) -> tuple[AnnPart, np.ndarray]:
+    """Add rows to a part without retraining, written into ``handle``; returns it and the new rows' FAISS ids.
+    Warns when the rows added since training are so many that the quantiser no longer describes the data well."""
+    index = open_part(part.blob)
     first = index.ntotal
     for start in range(0, len(vectors), 1 << 16):
         index.add(for_faiss(vectors[start:start + (1 << 16)], metric))
@@ -65,7 +79,7 @@ def extend_part(part: AnnPart, vectors: np.ndarray, metric: str, category: str) 
         logger.warning("category %s: %d rows added since its %s quantiser was trained on %d: its lists are getting "
                        "stale; rebuild the index (python -m retrieval.index without --add) for full recall",
                        category, info["added_rows"], info["factory"], info["trained_rows"])
-    return AnnPart(serialize(index), part.removed, info), np.arange(first, index.ntotal, dtype=np.int64)
+    return AnnPart(store_part(handle, index), part.removed, info), np.arange(first, index.ntotal, dtype=np.int64)
 
 
 def check_removed(part: AnnPart, category: str) -> None:
@@ -97,7 +111,7 @@ class AnnRanker:
             if part is None:
                 self._rankers[category] = Ranker(index.embeddings[start:stop], metric)
                 continue
-            faiss_index = deserialize(part.blob)
+            faiss_index = open_part(part.blob)
             to_row = np.full(faiss_index.ntotal, -1, dtype=np.int64)
             to_row[index.ann_ids[start:stop]] = np.arange(start, stop)
             selector = _selector(part.removed)

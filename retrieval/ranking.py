@@ -19,6 +19,7 @@ import numpy as np
 
 Metric = Literal["euclidean", "cosine"]
 METRICS: tuple[str, ...] = ("euclidean", "cosine")
+SCRATCH_BYTES = 32 << 20  # a ranker's working memory, whatever the number of rows
 
 
 class Ranker:
@@ -28,11 +29,11 @@ class Ranker:
         metric: ``euclidean`` or ``cosine`` (``1 - u.v / (|u| |v|)``), as in ``cdist``.
         slack: extra candidates kept per query, so that float32 rounding in the scan can never push a
             true top-k row out before the exact float64 re-ranking.
-        scratch_bytes: working memory for one chunk of scores.
+        scratch_bytes: working memory for one chunk of scores (default ``SCRATCH_BYTES``).
     """
 
     def __init__(self, vectors: np.ndarray, metric: Metric = "euclidean", slack: int = 32,
-                 scratch_bytes: int = 32 * 1024 * 1024) -> None:
+                 scratch_bytes: int | None = None) -> None:
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
         if not isinstance(vectors, np.memmap):
@@ -42,7 +43,7 @@ class Ranker:
         self.vectors = vectors
         self.metric = metric
         self.slack = slack
-        self.scratch_bytes = scratch_bytes
+        self.scratch_bytes = scratch_bytes or SCRATCH_BYTES
         norms = self._norms()
         self._max_norm = float(np.sqrt(norms.max())) if len(norms) else 0.0
         if metric == "euclidean":

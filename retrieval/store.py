@@ -34,11 +34,29 @@ class IndexFileError(ValueError):
     """A missing, corrupt, empty or mismatched index; the message names the file and the problem."""
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """A serialised FAISS index left in its index file, read a chunk at a time when it is opened. It keeps the
+    file it was found in open, so that an index replaced on disk since (a rename) is never read by mistake."""
+
+    file: h5py.File
+    name: str
+
+    @property
+    def dataset(self) -> h5py.Dataset:
+        return self.file[self.name]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.dataset.shape[0])
+
+
 @dataclass
 class AnnPart:
-    """One category's FAISS index, serialised (``blob``), the FAISS ids removed since, and how it was made."""
+    """One category's FAISS index, serialised (``blob``: bytes, or where they lie in an index file), the FAISS
+    ids removed since, and how it was made."""
 
-    blob: np.ndarray
+    blob: np.ndarray | StoredBlob
     removed: np.ndarray
     info: dict[str, Any]
 
@@ -127,14 +145,35 @@ def write_metadata(handle: h5py.File, index: IndexData) -> None:
     if not index.ann:
         return
     handle["ann_ids"] = index.ann_ids.astype(np.int64)
-    group = handle.create_group("ann")
+    group = handle.require_group("ann")
     removed = handle.create_group("ann_removed")
     keys = {}
-    for number, (category, part) in enumerate(sorted(index.ann.items())):
-        group.create_dataset(str(number), data=part.blob)
-        removed.create_dataset(str(number), data=part.removed.astype(np.int64))
-        keys[category] = {"key": str(number), **part.info}
+    for category, part in sorted(index.ann.items()):
+        blob = part.blob
+        if isinstance(blob, StoredBlob) and blob.file.filename == handle.filename:
+            key = blob.name.rsplit("/", 1)[-1]  # written into this file as it was built
+        else:
+            key = free_key(group)
+            if isinstance(blob, StoredBlob):
+                handle.copy(blob.dataset, group, name=key)  # copied by HDF5 without reading it whole
+            else:
+                group.create_dataset(key, data=blob)
+        removed.create_dataset(key, data=part.removed.astype(np.int64))
+        keys[category] = {"key": key, **part.info}
+    for key in set(group) - {info["key"] for info in keys.values()}:
+        del group[key]  # a part replaced while the file was written
     handle.attrs["ann"] = json.dumps(keys, sort_keys=True)
+
+
+def free_key(group: h5py.Group) -> str:
+    """The smallest number not yet a dataset name in ``group``."""
+    return str(next(number for number in range(len(group) + 1) if str(number) not in group))
+
+
+def part_dataset(handle: h5py.File) -> h5py.Dataset:
+    """A new, growable ``uint8`` dataset under ``ann/`` of an index being written, for one serialised part."""
+    group = handle.require_group("ann")
+    return group.create_dataset(free_key(group), shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 20,))
 
 
 def save_index(path: str | Path, index: IndexData) -> None:
@@ -160,13 +199,19 @@ def _embeddings(handle: h5py.File, path: Path, mmap: bool) -> np.ndarray:
     return np.memmap(path, dtype=data.dtype, mode="r", offset=offset, shape=data.shape)
 
 
+def mapped_embeddings(handle: h5py.File) -> np.ndarray:
+    """The embeddings of an open index file (flushed), memory-mapped where they are stored contiguously."""
+    return _embeddings(handle, Path(handle.filename), mmap=True)
+
+
 def _ann_parts(handle: h5py.File) -> dict[str, AnnPart]:
+    """The FAISS parts, their bytes left in the file (``handle`` then stays open while they are referenced)."""
     if "ann" not in handle.attrs:
         return {}
     parts = {}
     for category, info in json.loads(handle.attrs["ann"]).items():
         key = info.pop("key")
-        parts[category] = AnnPart(handle["ann"][key][:], handle["ann_removed"][key][:], info)
+        parts[category] = AnnPart(StoredBlob(handle, f"ann/{key}"), handle["ann_removed"][key][:], info)
     return parts
 
 
@@ -180,21 +225,26 @@ def load_index(path: str | Path, mmap: bool | None = None) -> IndexData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: index does not exist (build one with python -m retrieval.index)")
+    handle = None
     try:
-        with h5py.File(path, "r") as handle:
-            if handle.attrs.get("format") not in READABLE:
-                raise IndexFileError(f"{path}: not an index of this project (no '{FORMAT}' format attribute)")
-            ann = _ann_parts(handle)
-            index = IndexData(
-                embeddings=_embeddings(handle, path, bool(ann) if mmap is None else mmap),
-                ids=handle["ids"][:], photos=handle["photos"][:], products=handle["products"][:],
-                categories=handle["categories"][:], roots=handle["roots"][:],
-                attrs=json.loads(handle.attrs["meta"]), ann=ann,
-                ann_ids=handle["ann_ids"][:] if "ann_ids" in handle else None)
+        handle = h5py.File(path, "r")
+        if handle.attrs.get("format") not in READABLE:
+            raise IndexFileError(f"{path}: not an index of this project (no '{FORMAT}' format attribute)")
+        ann = _ann_parts(handle)
+        index = IndexData(
+            embeddings=_embeddings(handle, path, bool(ann) if mmap is None else mmap),
+            ids=handle["ids"][:], photos=handle["photos"][:], products=handle["products"][:],
+            categories=handle["categories"][:], roots=handle["roots"][:],
+            attrs=json.loads(handle.attrs["meta"]), ann=ann,
+            ann_ids=handle["ann_ids"][:] if "ann_ids" in handle else None)
     except (OSError, KeyError, ValueError) as error:
+        if handle is not None:
+            handle.close()
         if isinstance(error, IndexFileError):
             raise
         raise IndexFileError(f"{path}: corrupt or unreadable index ({str(error).splitlines()[0][:160]})") from None
+    if not ann:
+        handle.close()  # else kept open by the parts, whose bytes are read when a ranker opens them
     bad = unsafe_ids(index.ids)
     if len(bad):
         raise IndexFileError(f"{path}: row {int(bad[0])} has the image path {index.id(int(bad[0]))!r}, outside its "

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
 PQ_SIZES = (64, 48, 32, 24, 16, 12, 8, 4)
+ADD_BLOCK = 1 << 16  # rows converted and added to a FAISS index at a time
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -133,8 +134,19 @@ def knob_values(index: Any) -> tuple[int, ...]:
     return (0,)
 
 
-def train(vectors: np.ndarray, factory: str, config: AnnConfig, held: np.ndarray) -> Any:
-    """A FAISS index of ``factory`` trained on a sample (held-out rows left out), with every row added."""
+def for_faiss(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """float32 rows as FAISS sees them: unit length for cosine (L2 then orders like cosine), as they are for
+    Euclidean."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.where(norms > 0, norms, 1)
+    return vectors
+
+
+def train(vectors: np.ndarray, metric: str, factory: str, config: AnnConfig, held: np.ndarray) -> Any:
+    """A FAISS index of ``factory`` trained on a sample (held-out rows left out), with every row added a block
+    at a time (``vectors`` may be memory-mapped: never copied whole)."""
     import faiss
 
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_L2)
@@ -149,9 +161,9 @@ def train(vectors: np.ndarray, factory: str, config: AnnConfig, held: np.ndarray
         ivf = factory.startswith("IVF") and faiss.extract_index_ivf(index)
         wanted = max(config.train_rows, 40 * ivf.nlist if ivf else 0)
         sample = np.sort(rng.choice(pool, size=min(len(pool), wanted), replace=False))
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-    for start in range(0, len(vectors), 1 << 16):
-        index.add(np.ascontiguousarray(vectors[start:start + (1 << 16)], dtype=np.float32))
+        index.train(for_faiss(vectors[sample], metric))
+    for start in range(0, len(vectors), ADD_BLOCK):
+        index.add(for_faiss(vectors[start:start + ADD_BLOCK], metric))
     return index
 
 
@@ -170,20 +182,22 @@ def _without_self(rows: np.ndarray, own: np.ndarray, k: int) -> list[list[int]]:
     return [[int(r) for r in row if r != self_row and r >= 0][:k] for row, self_row in zip(rows, own)]
 
 
-def tune(index: Any, vectors: np.ndarray, held: np.ndarray, target: float, k: int = 10) -> dict[str, Any]:
+def tune(index: Any, vectors: np.ndarray, metric: str, held: np.ndarray, target: float,
+         k: int = 10) -> dict[str, Any]:
     """Raise the search parameter until recall@k on the ``held`` rows reaches ``target``; returns the
     parameter, the recall measured and the median single-query time (ms)."""
     from .ranking import Ranker
 
-    queries = np.ascontiguousarray(vectors[held], dtype=np.float32)
-    ranker = Ranker(vectors, "euclidean")
-    truth_rows, _ = ranker.search(queries, min(k + 1, len(vectors)))
+    rows = np.ascontiguousarray(vectors[held], dtype=np.float32)
+    queries = for_faiss(rows, metric)
+    ranker = Ranker(vectors, metric)  # reads memory-mapped rows a chunk at a time
+    truth_rows, _ = ranker.search(rows, min(k + 1, len(vectors)))
     truth = _without_self(truth_rows, held, k)
     name, chosen = knob(index), None
     for value in knob_values(index):
         params = search_params(index, value)
         _, found = index.search(queries, min(depth(k) + 1, len(vectors)), params=params)
-        distances = np.where(found >= 0, ranker.exact(queries, np.clip(found, 0, None)), np.inf)
+        distances = np.where(found >= 0, ranker.exact(rows, np.clip(found, 0, None)), np.inf)
         found = np.take_along_axis(found, np.lexsort((found, distances), axis=1), axis=1)  # as queries rank them
         recall = recall_at(_without_self(found, held, k), truth, k)
         logger.info("%s=%s: recall@%d %.4f", name, value, k, recall)
@@ -221,17 +235,18 @@ def search_params(index: Any, value: int, selector: Any = None) -> Any:
     return params
 
 
-def build_part(vectors: np.ndarray, factory: str, config: AnnConfig) -> tuple[Any, dict[str, Any]]:
-    """Train, fill and tune one FAISS index over ``vectors`` (already L2-comparable); returns it and its record."""
+def build_part(vectors: np.ndarray, metric: str, factory: str, config: AnnConfig) -> tuple[Any, dict[str, Any]]:
+    """Train, fill and tune one FAISS index over ``vectors`` (rows as stored, compared by ``metric``); returns it
+    and its record."""
     began = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     # at most half the rows held out, so that a small category still has rows to train on
     held = np.sort(rng.choice(len(vectors), size=min(max(1, len(vectors) // 2), config.tune_queries), replace=False))
     try:
-        index = train(vectors, factory, config, held)
+        index = train(vectors, metric, factory, config, held)
     except RuntimeError as error:
         raise ValueError(f"--ann {factory!r} cannot be trained on {len(vectors)} rows: {faiss_reason(error)}") from None
     built = time.perf_counter() - began
-    tuned = tune(index, vectors, held, config.target_recall)
+    tuned = tune(index, vectors, metric, held, config.target_recall)
     return index, {"factory": factory, "rows": int(len(vectors)), "trained_rows": int(len(vectors)), "added_rows": 0,
                    "build_s": round(built, 2), **tuned}

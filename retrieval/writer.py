@@ -20,7 +20,7 @@ import numpy as np
 from common import WriterLock, atomic_path, read_manifest
 from embeddings.extraction.cache import check_identity, read_attrs, read_ids, read_rows, versions
 
-from .store import IndexData, IndexFileError, as_bytes, create_file, load_index, write_metadata
+from .store import IndexData, IndexFileError, as_bytes, create_file, load_index, mapped_embeddings, write_metadata
 from .tuning import AnnConfig, choose
 
 logger = logging.getLogger(__name__)
@@ -138,17 +138,21 @@ def write_embeddings(data: h5py.Dataset, plan: Plan, vectors: Path | None, head:
 
 def build_ann(handle: h5py.File, meta: IndexData, config: AnnConfig, added: np.ndarray | None) -> None:
     """FAISS parts per category: new ones for categories without one (as ``config`` chooses), the ``added``
-    rows appended to existing ones. Sets ``meta.ann``, ``meta.ann_ids`` and the recorded choice."""
+    rows appended to existing ones, each written into ``handle`` as soon as it is made, from the embeddings
+    just written (memory-mapped: read a block at a time). Sets ``meta.ann``, ``meta.ann_ids`` and the
+    recorded choice."""
     from .ann import extend_part, make_part
 
-    metric, dim, parts = meta.attrs["metric"], handle["embeddings"].shape[1], dict(meta.ann)
+    handle.flush()
+    embeddings = mapped_embeddings(handle)
+    metric, dim, parts = meta.attrs["metric"], embeddings.shape[1], dict(meta.ann)
     ann_ids = meta.ann_ids if meta.ann_ids is not None else np.full(len(meta), -1, np.int64)
     for category, (start, stop) in meta.category_slices().items():
         budget = int(config.max_memory * (stop - start) / max(len(meta), 1))
         if category in parts:
             fresh = np.flatnonzero(ann_ids[start:stop] < 0) + start if added is not None else np.zeros(0, np.int64)
             if len(fresh):
-                parts[category], ann_ids[fresh] = extend_part(parts[category], handle["embeddings"][np.sort(fresh)],
+                parts[category], ann_ids[fresh] = extend_part(handle, parts[category], embeddings[np.sort(fresh)],
                                                               metric, category)
             continue
         factory = choose(stop - start, dim, budget, config) if not meta.ann or config.method != "exact" else None
@@ -156,7 +160,7 @@ def build_ann(handle: h5py.File, meta: IndexData, config: AnnConfig, added: np.n
             continue
         logger.info("category %s: %d rows, building %s", category, stop - start, factory)
         try:
-            parts[category], ann_ids[start:stop] = make_part(handle["embeddings"][start:stop], metric, factory, config)
+            parts[category], ann_ids[start:stop] = make_part(handle, embeddings[start:stop], metric, factory, config)
         except ValueError as error:
             raise ValueError(f"category {category} ({stop - start} rows): {error}") from None
     meta.ann, meta.ann_ids = parts, ann_ids if parts else None

@@ -143,8 +143,10 @@ def test_add_to_an_approximate_index_without_retraining(tmp_path, caplog):
         assert engine.search_embeddings(vectors[photo], k=1)[0][0].photo == photo
     import faiss
 
+    from retrieval.ann import open_part
+
     def centroids(index):
-        whole = faiss.deserialize_index(index.ann["bags"].blob)  # kept alive while its parts are read
+        whole = open_part(index.ann["bags"].blob)  # kept alive while its parts are read
         quantizer = faiss.downcast_index(faiss.extract_index_ivf(whole).quantizer)
         return faiss.vector_to_array(quantizer.codes).copy()
 
@@ -257,3 +259,61 @@ def test_heavy_removal_advises_a_rebuild(catalogue, tmp_path, caplog):
         remove_products(tmp_path / "index.h5", bags[: len(bags) // 2])
     warned = [r.getMessage() for r in caplog.records if "rebuild" in r.getMessage()]
     assert len(warned) == 1 and "category bags" in warned[0], warned
+
+
+def test_faiss_parts_are_built_from_the_mapped_embeddings_a_block_at_a_time(tmp_path, monkeypatch):
+    """Training, filling and tuning read the embeddings just written a block at a time: a category is never
+    held in memory whole (10M rows of 128 floats are 4.8 GiB), nor twice as its unit-length copy."""
+    import tracemalloc
+
+    from retrieval import ranking, tuning, writer
+
+    rng = np.random.default_rng(0)  # 128-d rows, as after a head: a row's bookkeeping is small beside it
+    vectors = (rng.normal(size=(40, 128)) * 3)[rng.integers(0, 40, 40_000)] + rng.normal(size=(40_000, 128))
+    vectors = vectors.astype(np.float32)
+    ids = [f"shop/{row}.jpg" for row in range(len(vectors))]
+    manifest, cache = tmp_path / "manifest.jsonl", tmp_path / "vectors.h5"
+    manifest.write_text("".join(json.dumps({"path": key, "kind": "shop", "photo": row, "product": row,
+                                            "category": "bags"}) + "\n" for row, key in enumerate(ids)))
+    write_vectors(cache, Vectors(np.array(ids, dtype=object), vectors, dict(ATTRS, dim=128)))
+    monkeypatch.setattr(tuning, "ADD_BLOCK", 4096)  # blocks and scratch far smaller than the rows
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(ranking, "SCRATCH_BYTES", 1 << 20)
+    peaks = []
+    build_ann = writer.build_ann
+
+    def measured(*args, **kwargs):
+        tracemalloc.reset_peak()
+        build_ann(*args, **kwargs)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+
+    monkeypatch.setattr(writer, "build_ann", measured)
+    tracemalloc.start()
+    try:
+        index, _ = build_index(cache, manifest, tmp_path / "index.h5",
+                               ann=AnnConfig("IVF64,Flat", exact_below=100, train_rows=4000, tune_queries=50))
+    finally:
+        tracemalloc.stop()
+    assert peaks and peaks[0] < 0.75 * vectors.nbytes, (peaks, vectors.nbytes)
+    assert index.attrs["ann"]["bags"]["recall"] >= 0.95
+    queries = vectors[:30] + rng.normal(size=(30, 128)).astype(np.float32)
+    rows, _ = SearchEngine.load(tmp_path / "index.h5").ranker.search(queries, 10)
+    assert recall(rows, brute_force(index, queries, 10, 0, len(index))) >= 0.9
+
+
+def test_a_loaded_index_keeps_its_parts_when_its_file_is_rebuilt(catalogue, tmp_path):
+    """A part's bytes are read when a ranker opens it: from the file that was loaded, not from whatever file
+    has the same name by then (indexes are replaced by renaming a new file over them)."""
+    from retrieval.ann import AnnRanker
+
+    cache, manifest, vectors = catalogue
+    build_index(cache, manifest, tmp_path / "index.h5", ann=config("HNSW16"))
+    loaded = load_index(tmp_path / "index.h5")
+    other = write_catalogue(tmp_path / "other", counts=(("bags", 300), ("dresses", 200)), seed=5)
+    build_index(other[0], other[1], tmp_path / "index.h5", ann=config("IVF16,Flat"))
+    assert len(load_index(tmp_path / "index.h5")) == 500
+    ranker = AnnRanker(loaded, loaded.attrs["metric"])
+    queries = near(vectors, 40, seed=6)
+    start, stop = loaded.category_slices()["bags"]
+    rows, _ = ranker.search(queries, 10, start, stop)
+    assert recall(rows, brute_force(loaded, queries, 10, start, stop)) >= 0.9
