@@ -100,12 +100,15 @@ def choose(rows: int, dim: int, budget: int, config: AnnConfig) -> str | None:
     nlist = 1 << max(4, min(16, round(math.log2(4 * math.sqrt(rows)))))
     while nlist > 16 and rows < 39 * nlist:
         nlist //= 2
+    # past 4096 lists a flat coarse quantizer makes filling slow (each row is compared with every centroid:
+    # 10M rows x 16384 lists); a graph over the centroids finds a row's list in a few hundred comparisons
+    ivf = f"IVF{nlist}_HNSW32" if nlist > 4096 else f"IVF{nlist}"
     per_row = budget / rows - 8  # inverted lists keep an 8-byte id per row
     if per_row >= 4 * dim:
-        return f"IVF{nlist},Flat"
+        return f"{ivf},Flat"
     for size in PQ_SIZES:
         if dim % size == 0 and size <= per_row and size < dim:
-            return f"IVF{nlist},PQ{size}"
+            return f"{ivf},PQ{size}"
     raise ValueError(f"--max-memory {budget} bytes cannot hold an index of {rows} vectors of {dim} dimensions "
                      f"(product quantisation needs at least {min(PQ_SIZES)} + 8 bytes a row)")
 

@@ -66,7 +66,7 @@ def recall(found, truth):
     return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
 
 
-@pytest.mark.parametrize("method", ["HNSW16", "IVF32,Flat", "IVF32,PQ4", "auto"])
+@pytest.mark.parametrize("method", ["HNSW16", "IVF32,Flat", "IVF32,PQ4", "IVF32_HNSW32,PQ4", "auto"])
 def test_recall_against_brute_force_for_each_kind(catalogue, tmp_path, method):
     cache, manifest, vectors = catalogue
     index, _ = build_index(cache, manifest, tmp_path / "index.h5", ann=config(method))
@@ -203,8 +203,8 @@ def test_auto_chooses_by_size_and_memory(catalogue, tmp_path):
     assert choose(1_000_000, 128, 4 << 30, auto) == "HNSW32"
     assert choose(1_000_000, 128, 600 << 20, auto) == "IVF4096,Flat"  # 629 bytes a row: vectors fit, graph not
     assert choose(1_000_000, 128, 200 << 20, auto) == "IVF4096,PQ64"
-    assert choose(10_000_000, 128, 1 << 30, auto) == "IVF16384,PQ64"
-    assert choose(10_000_000, 128, 300 << 20, auto) == "IVF16384,PQ16"
+    assert choose(10_000_000, 128, 1 << 30, auto) == "IVF16384_HNSW32,PQ64"  # a graph finds a row's list
+    assert choose(10_000_000, 128, 300 << 20, auto) == "IVF16384_HNSW32,PQ16"
     with pytest.raises(ValueError, match="cannot hold"):
         choose(10_000_000, 128, 50 << 20, auto)
     cache, manifest, _ = catalogue
