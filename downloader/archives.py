@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import lzma
+import posixpath
 import tarfile
 import threading
 import zipfile
@@ -31,6 +32,23 @@ _READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueEr
 
 class ArchiveError(ValueError):
     """A file given as ``--photos-archive`` that is not a readable tar or zip archive."""
+
+
+def linked_names(members: list[tarfile.TarInfo]) -> list[tuple[str, tarfile.TarInfo]]:
+    """Each regular file by its name, and each hard or symbolic link to one by the link's name (tar writes a
+    file stored under two names once, then as a link); links leading elsewhere are left out."""
+    regular = {posixpath.normpath(info.name): info for info in members if info.isfile()}
+    named = [(info.name, info) for info in regular.values()]
+    for info in members:
+        if info.islnk():
+            target = regular.get(posixpath.normpath(info.linkname))
+        elif info.issym() and not info.linkname.startswith("/"):
+            target = regular.get(posixpath.normpath(posixpath.join(posixpath.dirname(info.name), info.linkname)))
+        else:
+            continue
+        if target is not None:
+            named.append((info.name, target))
+    return named
 
 
 class ArchiveSource:
@@ -59,9 +77,10 @@ class ArchiveSource:
                 self.members = index_names(names, str(self.path))
             else:
                 self._tar = tarfile.open(self.path, "r:*")
-                infos = [info for info in self._tar.getmembers() if info.isfile()]
+                members = self._tar.getmembers()
                 self._check_listed_whole()
-                self.members = index_names([(info.name, info) for info in infos], str(self.path))
+                infos = [info for info in members if info.isfile()]
+                self.members = index_names(linked_names(members), str(self.path))
         except ArchiveError:
             raise
         except _READ_ERRORS as error:

@@ -269,3 +269,24 @@ def test_a_zip_made_on_windows_with_backslashes_in_its_names_is_read(tmp_path):
                 handle.write(path, name.replace("/", "\\") if "/" in name else "photos\\" + name)
     write_meta(tmp_path)
     run(tmp_path, "out", photos_archive=archive)
+
+
+@pytest.mark.parametrize("compress", ["", "gz"])
+def test_photos_stored_as_tar_links_are_read_through_them(tmp_path, reference, compress):
+    """tar stores a file with two names once, then as a hard link; a photo may also be a symbolic link."""
+    folder = make_mirror(tmp_path)
+    (folder / "a").mkdir()
+    (folder / "sub" / "4.jpeg").rename(folder / "a" / "raw.bin")
+    os.link(folder / "a" / "raw.bin", folder / "sub" / "4.jpeg")  # archived after a/raw.bin: a hard link
+    (folder / "6.JPG").rename(folder / "a" / "six.bin")
+    (folder / "6.JPG").symlink_to("a/six.bin")
+    (folder / "sub" / "9.jpg").symlink_to("/etc/hostname")  # leads out of the archive: not a photo
+    archive = tmp_path / f"photos.tar{'.' + compress if compress else ''}"
+    with tarfile.open(archive, f"w:{compress}") as handle:
+        handle.add(folder, arcname=".")
+    with tarfile.open(archive) as handle:
+        kinds = {Path(m.name).name: m.type for m in handle.getmembers()}
+    assert (kinds["4.jpeg"], kinds["6.JPG"]) == (tarfile.LNKTYPE, tarfile.SYMTYPE)
+    write_meta(tmp_path)
+    out = run(tmp_path, "out", photos_archive=archive)
+    check_same(out, reference)
