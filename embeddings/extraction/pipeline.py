@@ -139,7 +139,7 @@ def build(config: BuildConfig, extractor: Extractor | None = None, engine: Engin
     ``extractor`` (local engine) or ``engine`` (any; closed at the end) replaces what the configuration describes.
 
     Raises:
-        FileNotFoundError, ValueError: bad configuration.
+        FileNotFoundError, ValueError: bad configuration, or no image at all to embed (nothing is written).
         common.ManifestError: ``strict`` and a bad manifest line.
         common.LockHeld: another build is writing ``out`` (and not ``wait``).
         CacheError: ``out`` exists but was built with another backbone, weights, precision or decoding.
@@ -147,6 +147,12 @@ def build(config: BuildConfig, extractor: Extractor | None = None, engine: Engin
     """
     config.validate()
     items, problems = list_items(config)
+    if not items:  # a shard may be empty (more shards than images), a whole build may not
+        if config.manifest is not None:
+            raise ValueError(f"{config.manifest}: the manifest lists no image to embed"
+                             + (f" ({len(problems)} bad line(s), first: {problems[0]})" if problems else ""))
+        raise ValueError(f"{config.images}: no image to embed in this folder or below "
+                         f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     items = [item for item in items if in_shard(item[0], config.shard)]
     labelled = config.images is not None and bool(items) and all(label is not None for _, _, label in items)
     summary = BuildSummary(total=len(items), problems=problems)

@@ -86,6 +86,21 @@ def test_cli_errors_are_one_line_with_exit_code(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'm.jsonl'}: manifest does not exist"
 
 
+def test_nothing_to_embed_is_a_one_line_error_and_writes_no_cache(tmp_path, capsys):
+    from embeddings.build import main
+
+    (tmp_path / "m.jsonl").write_text('{"path": "a.jpg"}\n')  # a bad line: no kind
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo")
+    for source, why in ((["--manifest", str(tmp_path / "m.jsonl")], "the manifest lists no image to embed (1 bad line"),
+                        (["--images", str(tmp_path / "photos")], "no image to embed in this folder or below")):
+        code = main([*source, "--out", str(tmp_path / "v.h5"), "--backbone", "mobilenet_v2", "--weights", "none",
+                     "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and why in err[0], err
+    assert not (tmp_path / "v.h5").exists()
+
+
 def bomb_png(width: int = 40000, height: int = 40000) -> bytes:
     """A PNG whose header declares ``width x height`` pixels, with almost no data behind it."""
     import struct
