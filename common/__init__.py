@@ -1,8 +1,8 @@
 """Helpers every stage shares: atomic, durable file writes, one-writer-per-output locks, the checked manifest reader."""
 
-from .atomic import atomic_path, atomic_write, check_replaceable_folder, fsync_dir
+from .atomic import atomic_path, atomic_write, check_replaceable_folder, fsync_dir, remove_stale_temps
 from .lock import LockHeld, WriterLock
 from .manifest import Manifest, ManifestEntry, ManifestError, read_manifest
 
 __all__ = ["LockHeld", "Manifest", "ManifestEntry", "ManifestError", "WriterLock", "atomic_path", "atomic_write",
-           "check_replaceable_folder", "fsync_dir", "read_manifest"]
+           "check_replaceable_folder", "fsync_dir", "read_manifest", "remove_stale_temps"]

@@ -7,15 +7,32 @@ The new content goes to a temporary name unique to this process and thread, is f
 from __future__ import annotations
 
 import contextlib
+import glob
+import logging
 import os
 import sys
 import threading
 from pathlib import Path
 from typing import IO, Collection, Iterator
 
+logger = logging.getLogger(__name__)
+
 
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove what runs killed while writing ``path`` left beside it (``atomic_path``'s ``.<name>.<pid>.<thread>.part``
+    files or folders, and ``.<name>.<pid>.old`` from a folder swap cut short). Only ``path``'s writer may call it
+    (``WriterLock`` does, once it holds the lock): no live writer has one then."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.*"
+    found = sorted(p for suffix in (".part", ".old") for p in path.parent.glob(pattern + suffix))
+    for temp in found:
+        logger.warning("%s: removing %s, left by a run that was killed while writing it", path, temp.name)
+        _remove(temp)
+    return found
 
 
 def fsync_dir(folder: str | Path) -> None:

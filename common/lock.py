@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import remove_stale_temps
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,6 +103,7 @@ class WriterLock:
         os.write(handle, json.dumps(record).encode())
         os.fsync(handle)
         self._handle = handle
+        remove_stale_temps(self.output)  # ours now: whatever a killed writer left half-written goes
         return self
 
     def __exit__(self, *exc: object) -> None:

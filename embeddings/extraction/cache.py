@@ -281,7 +281,7 @@ def read_vectors(path: str | Path, expected: dict[str, Any] | None = None) -> Ve
     return Vectors(ids, vectors, attrs, labels)
 
 
-_WRITING = ("CacheWriter", "append_rows", "create", "remove_stale_temps", "versions", "write_vectors")
+_WRITING = ("CacheWriter", "append_rows", "create", "versions", "write_vectors")
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,6 @@ a temporary file renamed over the old one.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import sys
@@ -72,15 +71,6 @@ def append_rows(handle: h5py.File, ids: list[str], vectors: np.ndarray, labels: 
     handle["ids"][start:end] = ids
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Remove the temporary files that runs killed while writing ``path`` left beside it (``common.atomic_path``
-    names them ``.<name>.<pid>.<thread>.part``). Only under ``path``'s writer lock: no live writer has one."""
-    for temp in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
-        if temp.is_file():
-            logger.warning("%s: removing %s, left by a run that was killed while writing it", path, temp.name)
-            temp.unlink(missing_ok=True)
-
-
 def _replace_open(path: Path, fill: Callable[[h5py.File], None]) -> h5py.File:
     """Write a new file with ``fill`` under a temporary name, rename it over ``path`` and return it still open
     for appending: a reader that opens ``path`` at once cannot lock the writer out of it (HDF5's file lock)."""
@@ -134,7 +124,6 @@ class CacheWriter:
         lock = WriterLock(self.path, wait=self.wait)
         lock.__enter__()
         try:
-            remove_stale_temps(self.path)
             self._handle = self._open()
             self._handle.swmr_mode = True
         except BaseException:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from common import WriterLock, atomic_path
 
 from .cache import CacheError, CacheInfo, check_identity, iter_labelled_chunks, read_info
-from .cache_writer import append_rows, create, remove_stale_temps
+from .cache_writer import append_rows, create
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ def merge(parts: Sequence[str | Path], out: str | Path, wait: bool = False, chun
     summary = MergeSummary(out, parts=parts)
     with contextlib.ExitStack() as stack:
         stack.enter_context(WriterLock(out, wait=wait))
-        remove_stale_temps(out)
         infos = _check_parts(parts, out)
         _lock_parts(stack, parts, wait)
         infos = _check_parts(parts, out)  # again, now that no writer can be adding to them

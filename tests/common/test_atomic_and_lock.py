@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,24 @@ def test_a_garbled_lock_file_left_behind_is_taken_over(tmp_path):
         (tmp_path / "v.h5.lock").write_text(garbage)
         with WriterLock(tmp_path / "v.h5"):
             pass
+
+
+def test_the_next_writer_removes_what_a_killed_writer_left_half_written(tmp_path):
+    """A run killed inside ``atomic_path`` leaves its temporary file or folder (a head, a model, an index, a
+    cache) beside the output; the next run to hold the output's lock removes it, and nothing else."""
+    code = textwrap.dedent(f"""
+        import os
+        from common import WriterLock, atomic_path
+        with WriterLock({str(tmp_path / "head")!r}), atomic_path({str(tmp_path / "head")!r}) as temp:
+            temp.mkdir()
+            (temp / "model.keras").write_bytes(b"half")
+            os._exit(9)  # killed while writing
+    """)
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2]).returncode == 9
+    left = [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert len(left) == 1 and (tmp_path / left[0] / "model.keras").exists()
+    (tmp_path / ".head.4242.old").mkdir()  # a folder swap cut short
+    (tmp_path / ".headless.1.2.part").write_text("another output's")
+    (tmp_path / "head").mkdir()
+    with WriterLock(tmp_path / "head"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".headless.1.2.part", "head", "head.lock"]
