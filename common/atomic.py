@@ -10,6 +10,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -27,8 +28,9 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     files or folders, and ``.<name>.<pid>.old`` from a folder swap cut short). Only ``path``'s writer may call it
     (``WriterLock`` does, once it holds the lock): no live writer has one then."""
     path = Path(path)
-    pattern = f".{glob.escape(path.name)}.*"
-    found = sorted(p for suffix in (".part", ".old") for p in path.parent.glob(pattern + suffix))
+    # exactly these names: a looser pattern also matches the live temporaries of an output named ``path.name.1``
+    ours = re.compile(rf"\.{re.escape(path.name)}\.(\d+\.\d+\.part|\d+\.old)")
+    found = sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if ours.fullmatch(p.name))
     for temp in found:
         logger.warning("%s: removing %s, left by a run that was killed while writing it", path, temp.name)
         _remove(temp)

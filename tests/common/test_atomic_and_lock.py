@@ -86,3 +86,15 @@ def test_the_next_writer_removes_what_a_killed_writer_left_half_written(tmp_path
     (tmp_path / "head").mkdir()
     with WriterLock(tmp_path / "head"):
         assert sorted(p.name for p in tmp_path.iterdir()) == [".headless.1.2.part", "head", "head.lock"]
+
+
+def test_the_sweep_leaves_a_live_writer_of_a_dotted_sibling_alone(tmp_path):
+    """Regression: ``.vectors.h5.*.part`` also matched the temporary file of a shard ``vectors.h5.1`` being written
+    by another run under its own lock, and the merge into ``vectors.h5`` deleted it."""
+    with WriterLock(tmp_path / "vectors.h5.1"), atomic_path(tmp_path / "vectors.h5.1") as temp:
+        temp.write_bytes(b"a shard being written")
+        (tmp_path / ".vectors.h5.1.77.old").mkdir()  # that shard's folder swap, not ours
+        (tmp_path / ".vectors.h5.12.34.part").write_text("ours, left by a killed run")
+        with WriterLock(tmp_path / "vectors.h5"):
+            assert temp.exists() and (tmp_path / ".vectors.h5.1.77.old").exists()
+            assert not (tmp_path / ".vectors.h5.12.34.part").exists()
