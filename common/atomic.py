@@ -33,7 +33,10 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     found = sorted(p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if ours.fullmatch(p.name))
     for temp in found:
         logger.warning("%s: removing %s, left by a run that was killed while writing it", path, temp.name)
-        _remove(temp)
+        try:
+            _remove(temp)
+        except OSError as error:  # housekeeping: the run does not need it gone, and must not stop for it
+            logger.warning("%s: cannot remove %s (%s)", path, temp.name, error)
     return found
 
 

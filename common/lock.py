@@ -103,7 +103,11 @@ class WriterLock:
         os.write(handle, json.dumps(record).encode())
         os.fsync(handle)
         self._handle = handle
-        remove_stale_temps(self.output)  # ours now: whatever a killed writer left half-written goes
+        try:
+            remove_stale_temps(self.output)  # ours now: whatever a killed writer left half-written goes
+        except BaseException:
+            self.__exit__()  # never left held by a run that did not start
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

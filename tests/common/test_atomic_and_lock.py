@@ -98,3 +98,20 @@ def test_the_sweep_leaves_a_live_writer_of_a_dotted_sibling_alone(tmp_path):
         with WriterLock(tmp_path / "vectors.h5"):
             assert temp.exists() and (tmp_path / ".vectors.h5.1.77.old").exists()
             assert not (tmp_path / ".vectors.h5.12.34.part").exists()
+
+
+def test_a_stale_temp_that_cannot_be_removed_neither_stops_the_writer_nor_keeps_the_lock(tmp_path, monkeypatch):
+    """Regression: the sweep raised out of ``WriterLock.__enter__`` with the lock held and never released (a file of
+    another user in a shared sticky folder cannot be removed): the run failed, and its process kept the lock."""
+    from common import atomic
+
+    (tmp_path / ".v.h5.1.2.part").write_text("another user's")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "_remove", refuse)
+    with WriterLock(tmp_path / "v.h5"):
+        pass
+    with WriterLock(tmp_path / "v.h5"):  # released: taken again at once
+        pass
