@@ -148,6 +148,8 @@ def build(config: BuildConfig, extractor: Extractor | None = None, engine: Engin
     config.validate()
     items, problems = list_items(config)
     if not items:  # a shard may be empty (more shards than images), a whole build may not
+        if engine is not None:
+            engine.close()  # a given engine is closed at the end, this end too
         if config.manifest is not None:
             raise ValueError(f"{config.manifest}: the manifest lists no image to embed"
                              + (f" ({len(problems)} bad line(s), first: {problems[0]})" if problems else ""))

@@ -101,6 +101,22 @@ def test_nothing_to_embed_is_a_one_line_error_and_writes_no_cache(tmp_path, caps
     assert not (tmp_path / "v.h5").exists()
 
 
+def test_an_engine_given_to_a_build_with_nothing_to_embed_is_still_closed(tmp_path):
+    """Regression: ``build`` closes the engine it is given at the end; the nothing-to-embed error left it open (a
+    Ray engine keeps the Ray it started running)."""
+
+    class Engine:
+        closed = False
+
+        def close(self):
+            Engine.closed = True
+
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(ValueError, match="no image to embed"):
+        build(BuildConfig(images=tmp_path / "photos", out=tmp_path / "v.h5"), engine=Engine())
+    assert Engine.closed
+
+
 def bomb_png(width: int = 40000, height: int = 40000) -> bytes:
     """A PNG whose header declares ``width x height`` pixels, with almost no data behind it."""
     import struct
