@@ -24,6 +24,47 @@ STALE_SHARE = 0.2  # rows added after training beyond which a rebuild is advised
 IO_BLOCK = 16 << 20  # bytes a serialised FAISS index is written or read at a time
 
 
+class _PartReader:
+    """Serves FAISS's many small reads from blocks of ``IO_BLOCK`` bytes read from a part's dataset."""
+
+    def __init__(self, data: h5py.Dataset) -> None:
+        self.data, self.position, self.buffer, self.offset = data, 0, memoryview(b""), 0
+
+    def __call__(self, size: int) -> bytes:
+        if self.offset + size > len(self.buffer):
+            rest = bytes(self.buffer[self.offset:])
+            more = self.data[self.position:self.position + max(IO_BLOCK, size - len(rest))].tobytes()
+            self.position += len(more)
+            self.buffer, self.offset = memoryview(rest + more), 0
+        chunk = bytes(self.buffer[self.offset:self.offset + size])
+        self.offset += len(chunk)
+        return chunk
+
+
+class _PartWriter:
+    """Gathers FAISS's many small writes (a few per inverted list) into blocks of ``IO_BLOCK`` bytes appended to
+    a growable dataset: one HDF5 resize and write a block, not one per FAISS write."""
+
+    def __init__(self, data: h5py.Dataset) -> None:
+        self.data, self.pending, self.size = data, [], 0
+
+    def __call__(self, chunk: bytes) -> int:
+        self.pending.append(bytes(chunk))
+        self.size += len(chunk)
+        if self.size >= IO_BLOCK:
+            self.flush()
+        return len(chunk)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        block = np.frombuffer(b"".join(self.pending), np.uint8)
+        start = self.data.shape[0]
+        self.data.resize((start + len(block),))
+        self.data[start:] = block
+        self.pending, self.size = [], 0
+
+
 def open_part(blob: np.ndarray | StoredBlob) -> Any:
     """The FAISS index of a part: from bytes in memory, or read from its index file a block at a time (a
     serialised index is never held in memory beside the index it becomes)."""
@@ -31,15 +72,7 @@ def open_part(blob: np.ndarray | StoredBlob) -> Any:
 
     if not isinstance(blob, StoredBlob):
         return faiss.deserialize_index(np.ascontiguousarray(blob, dtype=np.uint8))
-    data, position = blob.dataset, 0
-
-    def read(size: int) -> bytes:
-        nonlocal position
-        chunk = data[position:position + size].tobytes()
-        position += len(chunk)
-        return chunk
-
-    return faiss.read_index(faiss.PyCallbackIOReader(read, IO_BLOCK))
+    return faiss.read_index(faiss.PyCallbackIOReader(_PartReader(blob.dataset), IO_BLOCK))
 
 
 def store_part(handle: h5py.File, index: Any) -> StoredBlob:
@@ -47,14 +80,9 @@ def store_part(handle: h5py.File, index: Any) -> StoredBlob:
     import faiss
 
     data = part_dataset(handle)
-
-    def write(chunk: bytes) -> int:
-        start = data.shape[0]
-        data.resize((start + len(chunk),))
-        data[start:] = np.frombuffer(chunk, np.uint8)
-        return len(chunk)
-
-    faiss.write_index(index, faiss.PyCallbackIOWriter(write, IO_BLOCK))
+    writer = _PartWriter(data)
+    faiss.write_index(index, faiss.PyCallbackIOWriter(writer, IO_BLOCK))
+    writer.flush()
     return StoredBlob(handle, data.name)
 
 

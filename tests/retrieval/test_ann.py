@@ -266,7 +266,7 @@ def test_faiss_parts_are_built_from_the_mapped_embeddings_a_block_at_a_time(tmp_
     held in memory whole (10M rows of 128 floats are 4.8 GiB), nor twice as its unit-length copy."""
     import tracemalloc
 
-    from retrieval import ranking, tuning, writer
+    from retrieval import ann, ranking, tuning, writer
 
     rng = np.random.default_rng(0)  # 128-d rows, as after a head: a row's bookkeeping is small beside it
     vectors = (rng.normal(size=(40, 128)) * 3)[rng.integers(0, 40, 40_000)] + rng.normal(size=(40_000, 128))
@@ -279,6 +279,7 @@ def test_faiss_parts_are_built_from_the_mapped_embeddings_a_block_at_a_time(tmp_
     monkeypatch.setattr(tuning, "ADD_BLOCK", 4096)  # blocks and scratch far smaller than the rows
     monkeypatch.setattr(writer, "CHUNK_BYTES", 1 << 20)
     monkeypatch.setattr(ranking, "SCRATCH_BYTES", 1 << 20)
+    monkeypatch.setattr(ann, "IO_BLOCK", 1 << 20)
     peaks = []
     build_ann = writer.build_ann
 
@@ -317,3 +318,23 @@ def test_a_loaded_index_keeps_its_parts_when_its_file_is_rebuilt(catalogue, tmp_
     start, stop = loaded.category_slices()["bags"]
     rows, _ = ranker.search(queries, 10, start, stop)
     assert recall(rows, brute_force(loaded, queries, 10, start, stop)) >= 0.9
+
+
+@pytest.mark.parametrize("block", [64, 1000, 1 << 24])
+def test_a_part_written_and_read_in_blocks_is_the_index_byte_for_byte(tmp_path, monkeypatch, block):
+    """FAISS writes and reads in many small pieces; they are gathered into blocks of any size, and a piece
+    longer than a block still comes whole."""
+    import faiss
+
+    from retrieval import ann
+
+    monkeypatch.setattr(ann, "IO_BLOCK", block)
+    vectors = clustered(3000, seed=2)
+    index = faiss.index_factory(DIM, "IVF16,Flat")
+    index.train(vectors)
+    index.add(vectors)
+    expected = faiss.serialize_index(index)
+    with h5py.File(tmp_path / "part.h5", "w") as handle:
+        blob = ann.store_part(handle, index)
+        np.testing.assert_array_equal(handle[blob.name][:], expected)
+        np.testing.assert_array_equal(faiss.serialize_index(ann.open_part(blob)), expected)
