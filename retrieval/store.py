@@ -176,12 +176,17 @@ def part_dataset(handle: h5py.File) -> h5py.Dataset:
     return group.create_dataset(free_key(group), shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 20,))
 
 
-def save_index(path: str | Path, index: IndexData) -> None:
-    """Write a whole in-memory index atomically (fsync, rename): a failed write never harms an existing index."""
-    from common import atomic_path
+def save_index(path: str | Path, index: IndexData, wait: bool = False) -> None:
+    """Write a whole in-memory index atomically (fsync, rename), as the one writer of ``path`` (``common.WriterLock``):
+    a failed write never harms an existing index.
+
+    Raises:
+        common.LockHeld: another run is writing ``path`` (and not ``wait``).
+    """
+    from common import WriterLock, atomic_path
 
     embeddings = np.asarray(index.embeddings)
-    with atomic_path(path) as temp:
+    with WriterLock(path, wait=wait), atomic_path(path) as temp:
         dtype = "f2" if embeddings.dtype == np.float16 else "f4"
         with create_file(temp, len(index), embeddings.shape[1], dtype, index.attrs) as handle:
             for start in range(0, len(index), 1 << 14):

@@ -87,6 +87,20 @@ def test_second_writer_exits_2_or_waits(dataset, tmp_path, capsys):
     assert not list(tmp_path.glob(".index.h5*"))  # no temporary file left
 
 
+def test_save_index_is_one_writer_too(dataset, tmp_path):
+    """An index saved from memory takes the output's lock like a build: the two never write one file at once."""
+    from common import LockHeld
+    from retrieval import save_index
+
+    cache, manifest = dataset
+    index, _ = build_index(cache, manifest, tmp_path / "index.h5")
+    with WriterLock(tmp_path / "copy.h5"), pytest.raises(LockHeld, match="another run is writing it"):
+        save_index(tmp_path / "copy.h5", index)
+    assert not (tmp_path / "copy.h5").exists()
+    save_index(tmp_path / "copy.h5", index)
+    assert load_index(tmp_path / "copy.h5").id_list() == index.id_list()
+
+
 def test_a_failed_write_leaves_the_old_index(dataset, tmp_path, monkeypatch):
     cache, manifest = dataset
     build_index(cache, manifest, tmp_path / "index.h5", categories=["bags"])
