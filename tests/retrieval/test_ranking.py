@@ -36,6 +36,23 @@ def test_equals_brute_force_cdist(metric, queries, k, scratch):
     np.testing.assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("mapped", [False, True])
+def test_float16_rows_rank_as_cdist_ranks_their_values(tmp_path, metric, mapped):
+    """A float16 index (``--dtype float16``) is converted a chunk at a time, by FAISS's decoder into a reused
+    buffer: every chunk must be its own rows, also when the last chunk is shorter than the buffer."""
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(2500, 40)).astype(np.float16)
+    if mapped:
+        np.save(tmp_path / "v.npy", vectors)
+        vectors = np.load(tmp_path / "v.npy", mmap_mode="r")
+    query = rng.normal(size=(9, 40)).astype(np.float32)
+    rows, distances = Ranker(vectors, metric, scratch_bytes=30_000).search(query, 7)
+    expected_rows, expected_distances = brute_force(query, np.asarray(vectors, np.float64), 7, metric)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-12)
+
+
 def test_near_duplicate_rows_still_exact():
     """Rows a float32 rounding apart: the scan may misorder them, the exact re-ranking does not."""
     rng = np.random.default_rng(1)
