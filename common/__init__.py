@@ -2,7 +2,7 @@
 
 from .atomic import atomic_path, atomic_write, check_replaceable_folder, fsync_dir, remove_stale_temps
 from .lock import LockHeld, WriterLock
-from .manifest import Manifest, ManifestEntry, ManifestError, read_manifest
+from .manifest import Manifest, ManifestEntry, ManifestError, iter_manifest, read_manifest
 
 __all__ = ["LockHeld", "Manifest", "ManifestEntry", "ManifestError", "WriterLock", "atomic_path", "atomic_write",
-           "check_replaceable_folder", "fsync_dir", "read_manifest", "remove_stale_temps"]
+           "check_replaceable_folder", "fsync_dir", "iter_manifest", "read_manifest", "remove_stale_temps"]

@@ -13,7 +13,7 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -106,39 +106,56 @@ def read_manifest(path: str | Path, strict: bool = False) -> Manifest:
         FileNotFoundError: no such file.
         ManifestError: with ``strict``, the first bad line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest does not exist")
-    manifest = Manifest(path, [])
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):  # streamed: a catalogue's manifest has millions of lines
-            _read_line(manifest, number, line, strict)
-    if manifest.problems:
-        logger.warning("%s: %d bad lines skipped (first: %s)", path, len(manifest.problems), manifest.problems[0])
+    manifest = Manifest(Path(path), [])
+    manifest.entries.extend(iter_manifest(path, strict, manifest.problems))
     return manifest
 
 
-def _read_line(manifest: Manifest, number: int, line: str, strict: bool) -> None:
-    if line.strip():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if not line.endswith("\n"):  # only the last line can lack its newline
-                logger.warning("%s line %d: torn last line (a killed run?): skipped", manifest.path, number)
-            else:
-                _problem(manifest, number, "not JSON", strict)
-            return
-        except RecursionError:  # json's answer to "[[[[...": not a JSONDecodeError
-            _problem(manifest, number, "not JSON (nested too deeply)", strict)
-            return
-        try:
-            manifest.entries.append(parse_entry(record))
-        except ValueError as error:
-            _problem(manifest, number, str(error), strict)
+def iter_manifest(path: str | Path, strict: bool = False, problems: list[str] | None = None) -> Iterator[ManifestEntry]:
+    """The good entries of a manifest one at a time, in file order, checked as ``read_manifest`` does (a
+    catalogue's manifest has millions of lines: a caller that keeps a few columns never holds them all);
+    bad lines go to ``problems`` and are logged at the end.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ManifestError: with ``strict``, the first bad line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest does not exist")
+    problems = [] if problems is None else problems
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            entry = _read_line(path, problems, number, line, strict)
+            if entry is not None:
+                yield entry
+    if problems:
+        logger.warning("%s: %d bad lines skipped (first: %s)", path, len(problems), problems[0])
 
 
-def _problem(manifest: Manifest, number: int, why: str, strict: bool) -> None:
-    message = f"{manifest.path}:{number}: {why}"
+def _read_line(path: Path, problems: list[str], number: int, line: str, strict: bool) -> ManifestEntry | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        if not line.endswith("\n"):  # only the last line can lack its newline
+            logger.warning("%s line %d: torn last line (a killed run?): skipped", path, number)
+        else:
+            _problem(path, problems, number, "not JSON", strict)
+        return None
+    except RecursionError:  # json's answer to "[[[[...": not a JSONDecodeError
+        _problem(path, problems, number, "not JSON (nested too deeply)", strict)
+        return None
+    try:
+        return parse_entry(record)
+    except ValueError as error:
+        _problem(path, problems, number, str(error), strict)
+        return None
+
+
+def _problem(path: Path, problems: list[str], number: int, why: str, strict: bool) -> None:
+    message = f"{path}:{number}: {why}"
     if strict:
         raise ManifestError(message)
-    manifest.problems.append(message)
+    problems.append(message)

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from common import WriterLock, atomic_path, read_manifest
+from common import WriterLock, atomic_path, iter_manifest
 from embeddings.extraction.cache import check_identity, read_attrs, read_ids, read_rows, versions
 
 from .store import IndexData, IndexFileError, as_bytes, create_file, load_index, mapped_embeddings, write_metadata
@@ -38,31 +38,53 @@ class Plan:
     old_rows: np.ndarray
 
 
-def shop_plan(vectors: Path, manifest: Path, categories: list[str] | None, skip: set[str],
+PLAN_BLOCK = 1 << 16  # manifest entries gathered into arrays at a time
+
+
+def shop_plan(vectors: Path, manifest: Path, categories: list[str] | None, skip: np.ndarray,
               strict: bool, dim: int) -> Plan:
-    """The manifest's shop photos with a cached vector (one per image path), minus ``skip`` ids."""
-    checked = read_manifest(manifest, strict=strict)
-    for problem in checked.problems[:20]:
+    """The manifest's shop photos with a cached vector (the first line of each image path), minus the ``skip``
+    ids (bytes). Kept as arrays, matched to the cache's ids by sorting: at 10M photos, Python objects and
+    dicts for every line and id would take gigabytes."""
+    problems: list[str] = []
+    columns: dict[str, list[np.ndarray]] = {"ids": [], "photos": [], "products": [], "categories": []}
+    pending: list[Any] = []
+
+    def gather() -> None:
+        if pending:
+            columns["ids"].append(as_bytes([e.path for e in pending]))
+            columns["photos"].append(np.array([e.photo for e in pending], dtype=np.int64))
+            columns["products"].append(np.array([e.product for e in pending], dtype=np.int64))
+            columns["categories"].append(as_bytes([e.category for e in pending]))
+            pending.clear()
+
+    for entry in iter_manifest(manifest, strict=strict, problems=problems):
+        if entry.kind == "shop" and (not categories or entry.category in categories):
+            pending.append(entry)
+            if len(pending) >= PLAN_BLOCK:
+                gather()
+    gather()
+    for problem in problems[:20]:
         logger.warning("skipped %s", problem)
-    position = {key: row for row, key in enumerate(read_ids(vectors))}
-    seen: dict[str, Any] = {}
-    missing = 0
-    for entry in checked.entries:
-        if entry.kind != "shop" or (categories and entry.category not in categories) or entry.path in seen:
-            continue
-        if entry.path not in position:
-            missing += 1
-            continue
-        if entry.path not in skip:
-            seen[entry.path] = entry
-    if missing:
-        logger.warning("%d shop photos of the manifest have no cached vector and are left out", missing)
-    records = list(seen.values())
-    meta = IndexData(np.zeros((0, dim), np.float32), as_bytes([r.path for r in records]),
-                     np.array([r.photo for r in records], dtype=np.int64),
-                     np.array([r.product for r in records], dtype=np.int64),
-                     as_bytes([r.category for r in records]), np.zeros(len(records), dtype=np.int16))
-    return Plan(meta, np.array([position[r.path] for r in records], dtype=np.int64), np.full(len(records), -1, np.int64))
+    ids, photos, products, names = (np.concatenate(columns[key]) if columns[key] else
+                                    np.zeros(0, np.int64 if key in ("photos", "products") else "S1")
+                                    for key in ("ids", "photos", "products", "categories"))
+    first = np.sort(np.unique(ids, return_index=True)[1])  # an image path's first line wins, file order kept
+    ids, photos, products, names = ids[first], photos[first], products[first], names[first]
+    cached = read_ids(vectors)
+    cached = np.concatenate([as_bytes(list(cached[start:start + PLAN_BLOCK]))
+                             for start in range(0, len(cached), PLAN_BLOCK)] or [np.zeros(0, "S1")])
+    order = np.argsort(cached, kind="stable")
+    cached = cached[order]  # sorted: each path's row found by binary search
+    at = np.minimum(np.searchsorted(cached, ids), max(len(cached) - 1, 0))
+    found = (cached[at] == ids) if len(cached) else np.zeros(len(ids), dtype=bool)
+    if (~found).any():
+        logger.warning("%d shop photos of the manifest have no cached vector and are left out", int((~found).sum()))
+    keep = found & ~np.isin(ids, skip)
+    rows = order[at[keep]] if len(cached) else np.zeros(0, np.int64)
+    meta = IndexData(np.zeros((0, dim), np.float32), ids[keep], photos[keep], products[keep], names[keep],
+                     np.zeros(int(keep.sum()), dtype=np.int16))
+    return Plan(meta, rows.astype(np.int64), np.full(int(keep.sum()), -1, np.int64))
 
 
 def index_attrs(vectors: Path, manifest: Path, head: Any | None, dtype: str) -> dict[str, Any]:
@@ -193,7 +215,7 @@ def build_index(vectors: str | Path, manifest: str | Path, out: str | Path, head
         attrs = index_attrs(vectors, manifest, loaded_head, old.attrs.get("dtype", "float32") if old else dtype)
         dim = loaded_head.dim if loaded_head is not None else int(attrs["backbone"]["dim"])
         ann.check_factory(dim)
-        plan = shop_plan(vectors, manifest, categories, set(old.id_list()) if old else set(), strict, dim)
+        plan = shop_plan(vectors, manifest, categories, old.ids if old is not None else np.zeros(0, "S1"), strict, dim)
         added = len(plan.meta)
         if old is not None:
             same_maker(out, old.attrs, attrs)
