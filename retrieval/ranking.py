@@ -116,6 +116,16 @@ class Ranker:
         with np.errstate(divide="ignore", invalid="ignore"):
             return 1.0 - dot / (np.linalg.norm(x, axis=2) * np.linalg.norm(q, axis=2))
 
+    @staticmethod
+    def _best(rows_found: list[np.ndarray], scores_found: list[np.ndarray],
+              keep: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The ``keep`` best-scored candidates per query among those gathered so far, as one block."""
+        rows, scores = np.concatenate(rows_found, axis=1), np.concatenate(scores_found, axis=1)
+        if rows.shape[1] > keep:
+            best = np.argpartition(scores, keep - 1, axis=1)[:, :keep]
+            rows, scores = np.take_along_axis(rows, best, axis=1), np.take_along_axis(scores, best, axis=1)
+        return [rows], [scores]
+
     def search(self, queries: np.ndarray, k: int = 10, start: int = 0,
                stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest rows of ``start:stop`` for each query: ``(rows, distances)``, each Q x k',
@@ -148,10 +158,10 @@ class Ranker:
                 best = np.broadcast_to(np.arange(end - begin), scores.shape)
             rows_found.append(best + begin)
             scores_found.append(scores)
-        rows, scores = np.concatenate(rows_found, axis=1), np.concatenate(scores_found, axis=1)
-        if rows.shape[1] > keep:
-            best = np.argpartition(scores, keep - 1, axis=1)[:, :keep]
-            rows, scores = np.take_along_axis(rows, best, axis=1), np.take_along_axis(scores, best, axis=1)
+            if sum(part.shape[1] for part in rows_found) > 4 * keep:  # candidates stay O(queries x keep)
+                rows_found, scores_found = self._best(rows_found, scores_found, keep)
+        rows_found, scores_found = self._best(rows_found, scores_found, keep)
+        rows, scores = rows_found[0], scores_found[0]
         distances = self.exact(queries, rows)
         order = np.lexsort((rows, distances), axis=1)[:, : min(k, total)]
         rows, distances = np.take_along_axis(rows, order, axis=1), np.take_along_axis(distances, order, axis=1)

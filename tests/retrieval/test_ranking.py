@@ -87,3 +87,24 @@ def test_bad_calls():
         ranker.search(np.ones((1, 3)), start=2, stop=2)
     with pytest.raises(ValueError, match="unknown metric"):
         Ranker(np.eye(3), metric="manhattan")
+
+
+def test_a_large_batch_over_many_chunks_keeps_only_the_best_candidates():
+    """Each chunk's candidates are merged into the best so far as the scan goes: memory is O(queries x k), not
+    O(queries x k x chunks) (at 10M rows and 1,000 queries that was gigabytes)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(20_000, 8)).astype(np.float32)
+    query = rng.normal(size=(200, 8)).astype(np.float32)
+    ranker = Ranker(vectors, "euclidean", scratch_bytes=64 << 10)
+    tracemalloc.start()
+    try:
+        rows, distances = ranker.search(query, 10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected_rows, expected_distances = brute_force(query, vectors, 10, "euclidean")
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-9, atol=1e-12)
+    assert peak < 8 << 20, peak  # the candidates of all 477 chunks would take 48 MB
