@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -43,21 +44,27 @@ def generate(rows: int, seed: int) -> np.ndarray:
     return (local @ basis + 0.1 * rng.normal(size=(rows, DIM)).astype(np.float32)).astype(np.float32)
 
 
-def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
-    """A vector cache and a manifest of ``rows`` shop photos (one category), written in chunks."""
+def write_inputs(folder: Path, rows: int, make: Callable[[int, int], np.ndarray] | None = None,
+                 attrs: dict | None = None, block: int = 100_000) -> tuple[Path, Path]:
+    """A vector cache of ``rows`` vectors from ``make(count, seed)`` (default: ``generate``; block starting at row
+    i seeded i + 1, so a size gives the same vectors every run) and a manifest of as many shop photos (one
+    category), written ``block`` rows at a time."""
     import h5py
 
     from embeddings.extraction.cache import FORMAT
 
+    make, attrs = make or generate, attrs or ATTRS
+    dim = attrs["dim"]
     cache, manifest = folder / "vectors.h5", folder / "manifest.jsonl"
     with h5py.File(cache, "w") as handle, manifest.open("w") as lines:
         handle.attrs["format"] = FORMAT
-        handle.attrs["meta"] = json.dumps(ATTRS)
-        handle.create_dataset("vectors", shape=(rows, DIM), dtype="f4", chunks=(4096, DIM))
-        handle.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype(), chunks=(4096,))
-        for start in range(0, rows, 100_000):
-            stop = min(rows, start + 100_000)
-            handle["vectors"][start:stop] = generate(stop - start, seed=start + 1)
+        handle.attrs["meta"] = json.dumps(attrs)
+        chunk = max(1, min(rows, (2 << 20) // (4 * dim)))
+        handle.create_dataset("vectors", shape=(rows, dim), dtype="f4", chunks=(chunk, dim))
+        handle.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype(), chunks=(max(1, min(rows, 4096)),))
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            handle["vectors"][start:stop] = make(stop - start, start + 1)
             handle["ids"][start:stop] = [f"shop/{i}.jpg" for i in range(start, stop)]
             lines.write("".join(f'{{"path": "shop/{i}.jpg", "kind": "shop", "photo": {i}, "product": {i}, '
                                 f'"category": "all"}}\n' for i in range(start, stop)))

@@ -11,7 +11,6 @@ vectors (non-negative, as after fc2's ReLU, clustered on a low-dimensional subsp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.ann import write_inputs  # noqa: E402
 
 DIM, INTRINSIC, CLUSTERS = 4096, 64, 500
 ATTRS = {"backbone": "synthetic", "layer": "fc2", "weights": "random:0", "input_size": [1, 1], "dim": DIM}
@@ -33,27 +34,6 @@ def generate(rows: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     local = centres[rng.integers(0, CLUSTERS, rows)] + rng.normal(size=(rows, INTRINSIC)).astype(np.float32)
     return np.maximum(local @ basis + 0.3 * rng.normal(size=(rows, DIM)).astype(np.float32), 0)
-
-
-def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
-    """A vector cache and a manifest of ``rows`` shop photos, written in chunks."""
-    import h5py
-
-    from embeddings.extraction.cache import FORMAT
-
-    cache, manifest = folder / "vectors.h5", folder / "manifest.jsonl"
-    with h5py.File(cache, "w") as handle, manifest.open("w") as lines:
-        handle.attrs["format"] = FORMAT
-        handle.attrs["meta"] = json.dumps(ATTRS)
-        handle.create_dataset("vectors", shape=(rows, DIM), dtype="f4", chunks=(256, DIM))
-        handle.create_dataset("ids", shape=(rows,), dtype=h5py.string_dtype(), chunks=(4096,))
-        for start in range(0, rows, 10_000):
-            stop = min(rows, start + 10_000)
-            handle["vectors"][start:stop] = generate(stop - start, seed=start + 1)
-            handle["ids"][start:stop] = [f"shop/{i}.jpg" for i in range(start, stop)]
-            lines.write("".join(f'{{"path": "shop/{i}.jpg", "kind": "shop", "photo": {i}, "product": {i}, '
-                                f'"category": "all"}}\n' for i in range(start, stop)))
-    return cache, manifest
 
 
 def measure(path: Path, queries: np.ndarray, singles: int) -> dict:
@@ -84,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.work) as temp:
         folder = Path(temp)
-        cache, manifest = write_inputs(folder, args.rows)
+        cache, manifest = write_inputs(folder, args.rows, generate, ATTRS, block=10_000)
         queries = generate(args.queries, seed=10**9)
         print(f"{args.rows:,} x {DIM} fc2-like vectors, {args.queries} new queries", flush=True)
         found = {}
