@@ -19,62 +19,65 @@ from PIL import Image
 from ..extraction.preprocess import load_pixels, to_pixels
 
 
-class ImageFiles:
-    """``files`` as an N x H x W x 3 uint8 array that is read only when needed: indexing with an array, a
-    mask or a slice gives another ``ImageFiles`` (nothing is decoded); ``np.asarray`` decodes in threads."""
+class LazyImages:
+    """``items`` seen as an N x H x W x 3 uint8 array at ``size``, decoded only when read: an integer index gives
+    one image (``read``), an array, a mask or a slice another sequence of the same kind (nothing is decoded)."""
 
-    def __init__(self, files: np.ndarray | list[Path], size: tuple[int, int], workers: int = 4) -> None:
-        self.files = np.asarray(files, dtype=object)
+    def __init__(self, items: Any, size: tuple[int, int]) -> None:
+        self.items = items
         self.size = tuple(size)
-        self.workers = workers
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.files), *self.size, 3)
+        return (len(self.items), *self.size, 3)
 
-    def __getitem__(self, index: Any) -> "ImageFiles | np.ndarray":
+    def __getitem__(self, index: Any) -> "LazyImages | np.ndarray":
         if isinstance(index, (int, np.integer)):
-            return self.read(self.files[index])
-        return ImageFiles(self.files[index], self.size, self.workers)
+            return self.read(self.items[index])
+        return self._like(self.items[index])
+
+    def read(self, item: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _like(self, items: Any) -> "LazyImages":
+        return type(self)(items, self.size)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        batch = np.stack([self.read(item) for item in self.items]) if len(self) else np.zeros(self.shape, np.uint8)
+        return batch if dtype is None else batch.astype(dtype)
+
+
+class ImageFiles(LazyImages):
+    """Image files as a lazy array (``LazyImages``); ``np.asarray`` decodes them in threads."""
+
+    def __init__(self, files: np.ndarray | list[Path], size: tuple[int, int], workers: int = 4) -> None:
+        super().__init__(np.asarray(files, dtype=object), size)
+        self.workers = workers
+
+    def _like(self, items: Any) -> "ImageFiles":
+        return ImageFiles(items, self.size, self.workers)
 
     def read(self, path: str | Path) -> np.ndarray:
         """One image as H x W x 3 uint8. Raises FileNotFoundError or ``downloader.ImageError`` naming it."""
         return load_pixels(path, self.size)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        if not len(self.files):
+        if not len(self):
             return np.zeros(self.shape, dtype or np.uint8)
-        with ThreadPoolExecutor(min(self.workers, len(self.files)), thread_name_prefix="pixels") as pool:
-            batch = np.stack(list(pool.map(self.read, self.files)))
+        with ThreadPoolExecutor(min(self.workers, len(self)), thread_name_prefix="pixels") as pool:
+            batch = np.stack(list(pool.map(self.read, self.items)))
         return batch if dtype is None else batch.astype(dtype)
 
 
-class ResizedImages:
-    """Images in memory (N x h x w grey, or N x h x w x 3) seen as RGB at ``size``, resized as an image file is
-    for ``embeddings.build`` (PIL, bilinear) only when read: indexing gives another ``ResizedImages``."""
+class ResizedImages(LazyImages):
+    """Images in memory (N x h x w grey, or N x h x w x 3) as a lazy array (``LazyImages``), each resized as an
+    image file is for ``embeddings.build`` (PIL, bilinear) only when read."""
 
-    def __init__(self, images: np.ndarray, size: tuple[int, int]) -> None:
-        self.images = images
-        self.size = tuple(size)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.images), *self.size, 3)
-
-    def __getitem__(self, index: Any) -> "ResizedImages | np.ndarray":
-        if isinstance(index, (int, np.integer)):
-            return to_pixels(Image.fromarray(self.images[index]).convert("RGB"), self.size)
-        return ResizedImages(self.images[index], self.size)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        batch = np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros(self.shape, np.uint8)
-        return batch if dtype is None else batch.astype(dtype)
+    def read(self, image: np.ndarray) -> np.ndarray:
+        return to_pixels(Image.fromarray(image).convert("RGB"), self.size)
 
 
 def chunks(pixels: Any, size: int):
