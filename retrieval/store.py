@@ -160,8 +160,6 @@ def write_metadata(handle: h5py.File, index: IndexData) -> None:
                 group.create_dataset(key, data=blob)
         removed.create_dataset(key, data=part.removed.astype(np.int64))
         keys[category] = {"key": key, **part.info}
-    for key in set(group) - {info["key"] for info in keys.values()}:
-        del group[key]  # a part replaced while the file was written
     handle.attrs["ann"] = json.dumps(keys, sort_keys=True)
 
 
